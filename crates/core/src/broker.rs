@@ -1,0 +1,202 @@
+//! The broker: virtual hosts and the delivery state of every connection, changed only
+//! through the operations in this file, [`crate::definitions`] and [`crate::delivery`].
+//!
+//! `Broker` is a plain struct with no interior locking; the server keeps it behind one mutex
+//! and calls it with no `.await` in between, so every operation is atomic and events for a
+//! connection are emitted in the order they were decided.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use postroom_amqp::ShortStr;
+
+use crate::ConnectionId;
+use crate::error::{BrokerError, Result};
+use crate::session::{ChannelKey, ChannelState, ConnectionState, Outlet};
+use crate::vhost::VHost;
+
+/// The whole broker state.
+pub struct Broker {
+    pub(crate) vhosts: HashMap<ShortStr, VHost>,
+    pub(crate) connections: HashMap<ConnectionId, ConnectionState>,
+    next_connection: ConnectionId,
+    rng: u64,
+}
+
+impl Broker {
+    /// A broker with the default virtual host `/`. `seed` drives generated names
+    /// (`amq.gen-…`, `amq.ctag-…`), so a test can make them reproducible.
+    pub fn new(seed: u64) -> Broker {
+        let mut vhosts = HashMap::new();
+        let default = VHost::new("/");
+        vhosts.insert(default.name.clone(), default);
+        Broker {
+            vhosts,
+            connections: HashMap::new(),
+            next_connection: 1,
+            rng: seed | 1,
+        }
+    }
+
+    /// The virtual host `name`, if it exists.
+    pub fn vhost(&self, name: &str) -> Option<&VHost> {
+        self.vhosts.get(name)
+    }
+
+    /// Adds a virtual host (no-op if it exists).
+    pub fn add_vhost(&mut self, name: &str) {
+        self.vhosts
+            .entry(name.into())
+            .or_insert_with(|| VHost::new(name));
+    }
+
+    /// Registers a connection that opened `vhost` as `user`.
+    ///
+    /// # Errors
+    /// `NotAllowed` if the virtual host does not exist (RabbitMQ closes with 530).
+    pub fn open_connection(
+        &mut self,
+        vhost: &str,
+        user: &str,
+        outlet: Arc<dyn Outlet>,
+    ) -> Result<ConnectionId> {
+        let Some((vhost, _)) = self.vhosts.get_key_value(vhost) else {
+            return Err(BrokerError::NotAllowed(format!("vhost {vhost} not found")));
+        };
+        let id = self.next_connection;
+        self.next_connection += 1;
+        let state = ConnectionState {
+            vhost: vhost.clone(),
+            user: user.into(),
+            outlet,
+            channels: HashMap::new(),
+        };
+        self.connections.insert(id, state);
+        Ok(id)
+    }
+
+    /// Closes a connection: its channels close (unacked messages return to their queues) and
+    /// its exclusive queues are deleted. Idempotent.
+    pub fn close_connection(&mut self, connection: ConnectionId) {
+        let Some(state) = self.connections.get(&connection) else {
+            return;
+        };
+        let vhost = state.vhost.clone();
+        let channels: Vec<u16> = state.channels.keys().copied().collect();
+        for channel in channels {
+            self.close_channel(ChannelKey {
+                connection,
+                channel,
+            });
+        }
+        self.connections.remove(&connection);
+        if let Some(v) = self.vhosts.get(&vhost) {
+            let owned: Vec<ShortStr> = v
+                .queues
+                .values()
+                .filter(|q| q.exclusive_owner == Some(connection))
+                .map(|q| q.name.clone())
+                .collect();
+            for queue in owned {
+                self.remove_queue(&vhost, &queue);
+            }
+        }
+    }
+
+    /// Opens channel `key.channel` on its connection.
+    ///
+    /// # Errors
+    /// `CommandInvalid` if the channel is already open (a connection error in AMQP).
+    pub fn open_channel(&mut self, key: ChannelKey) -> Result<()> {
+        let connection = self.connection_mut(key.connection)?;
+        if connection.channels.contains_key(&key.channel) {
+            return Err(BrokerError::CommandInvalid(format!(
+                "second 'channel.open' seen on channel {}",
+                key.channel
+            )));
+        }
+        connection
+            .channels
+            .insert(key.channel, ChannelState::default());
+        Ok(())
+    }
+
+    /// Closes a channel: its consumers are cancelled (auto-delete queues may go) and its
+    /// unacked messages return to their queues, redelivered. Idempotent.
+    pub fn close_channel(&mut self, key: ChannelKey) {
+        let Some(connection) = self.connections.get_mut(&key.connection) else {
+            return;
+        };
+        let vhost = connection.vhost.clone();
+        let Some(mut state) = connection.channels.remove(&key.channel) else {
+            return;
+        };
+        for (tag, queue) in state.consumers.drain() {
+            self.detach_consumer(&vhost, &queue, key, &tag);
+        }
+        let unacked = std::mem::take(&mut state.unacked);
+        self.requeue(&vhost, unacked.into_values());
+    }
+
+    /// Whether the connection exists and has `channel` open.
+    pub fn has_channel(&self, key: ChannelKey) -> bool {
+        self.connections
+            .get(&key.connection)
+            .is_some_and(|c| c.channels.contains_key(&key.channel))
+    }
+
+    pub(crate) fn connection_mut(&mut self, id: ConnectionId) -> Result<&mut ConnectionState> {
+        self.connections
+            .get_mut(&id)
+            .ok_or_else(|| BrokerError::CommandInvalid(format!("connection {id} is not open")))
+    }
+
+    pub(crate) fn channel_mut(&mut self, key: ChannelKey) -> Result<&mut ChannelState> {
+        self.connection_mut(key.connection)?
+            .channels
+            .get_mut(&key.channel)
+            .ok_or_else(|| {
+                BrokerError::CommandInvalid(format!("channel {} is not open", key.channel))
+            })
+    }
+
+    /// The virtual host name of a connection.
+    pub(crate) fn vhost_of(&self, connection: ConnectionId) -> Result<ShortStr> {
+        self.connections
+            .get(&connection)
+            .map(|c| c.vhost.clone())
+            .ok_or_else(|| {
+                BrokerError::CommandInvalid(format!("connection {connection} is not open"))
+            })
+    }
+
+    pub(crate) fn vhost_mut(&mut self, name: &str) -> Result<&mut VHost> {
+        self.vhosts
+            .get_mut(name)
+            .ok_or_else(|| BrokerError::NotFound {
+                kind: "vhost",
+                name: name.into(),
+                vhost: name.into(),
+            })
+    }
+
+    /// A random name with `prefix`, in RabbitMQ's style (`amq.gen-` + 22 URL-safe characters).
+    pub(crate) fn generate_name(&mut self, prefix: &str) -> ShortStr {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut name = String::with_capacity(prefix.len() + 22);
+        name.push_str(prefix);
+        for _ in 0..22 {
+            name.push(ALPHABET[(self.next_random() % 64) as usize] as char);
+        }
+        name.into()
+    }
+
+    /// splitmix64: small, seedable, good enough for names (not for secrets).
+    pub(crate) fn next_random(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}

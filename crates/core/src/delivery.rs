@@ -1,0 +1,476 @@
+//! Publishing, consuming, and settling deliveries: the message path through the broker.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use postroom_amqp::ShortStr;
+
+use crate::ConnectionId;
+use crate::broker::Broker;
+use crate::error::{BrokerError, Result};
+use crate::message::{Message, QueuedMessage};
+use crate::queue::{Consumer, Queue};
+use crate::session::{ChannelKey, ConnectionState, Outbound, Unacked};
+
+/// The pseudo-queue and reply-to address of direct reply-to (RabbitMQ's name).
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// What became of a published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteResult {
+    /// Enqueued on this many queues (or handed to a direct reply-to consumer).
+    Routed(usize),
+    /// No queue took it.
+    Unroutable,
+}
+
+/// How deliveries are settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// `basic.ack`: done with it.
+    Ack,
+    /// `basic.nack`/`basic.reject` with `requeue = true`: deliver it again.
+    Requeue,
+    /// `basic.nack`/`basic.reject` with `requeue = false`: drop it.
+    Discard,
+}
+
+/// A message taken by `basic.get`.
+#[derive(Debug, Clone)]
+pub struct Got {
+    /// The delivery tag (also when `no_ack`).
+    pub delivery_tag: u64,
+    /// Whether it was delivered before.
+    pub redelivered: bool,
+    /// The message.
+    pub message: Arc<Message>,
+    /// Ready messages left in the queue.
+    pub message_count: u32,
+}
+
+/// Delivers ready messages of `queue` to consumers with credit, round-robin, until either
+/// runs out.
+fn dispatch(queue: &mut Queue, connections: &mut HashMap<ConnectionId, ConnectionState>) {
+    while !queue.ready.is_empty() && !queue.consumers.is_empty() {
+        let count = queue.consumers.len();
+        let chosen = (0..count)
+            .map(|step| (queue.next_consumer + step) % count)
+            .find(|&i| {
+                let consumer = &queue.consumers[i];
+                let has_own_credit = consumer.prefetch_count == 0
+                    || consumer.unacked < consumer.prefetch_count.into();
+                has_own_credit
+                    && connections
+                        .get(&consumer.channel.connection)
+                        .and_then(|c| c.channels.get(&consumer.channel.channel))
+                        .is_some_and(|ch| ch.has_credit())
+            });
+        let Some(index) = chosen else { break };
+        let Some(message) = queue.ready.pop_front() else {
+            break;
+        };
+        queue.next_consumer = (index + 1) % count;
+        let consumer = &mut queue.consumers[index];
+        let Some(connection) = connections.get_mut(&consumer.channel.connection) else {
+            break;
+        };
+        let Some(channel) = connection.channels.get_mut(&consumer.channel.channel) else {
+            break;
+        };
+        let delivery_tag = channel.next_delivery_tag();
+        let event = Outbound::Deliver {
+            channel: consumer.channel.channel,
+            consumer_tag: consumer.tag.clone(),
+            delivery_tag,
+            redelivered: message.redelivered,
+            message: message.message.clone(),
+        };
+        if !consumer.no_ack {
+            consumer.unacked += 1;
+            channel.consumer_unacked += 1;
+            let unacked = Unacked {
+                queue: queue.name.clone(),
+                message,
+                consumer: Some(consumer.tag.clone()),
+            };
+            channel.unacked.insert(delivery_tag, unacked);
+        }
+        connection.outlet.send(event);
+    }
+}
+
+impl Broker {
+    /// Runs delivery for one queue (after anything that may have made room).
+    pub fn dispatch(&mut self, vhost: &str, queue: &str) {
+        if let Some(q) = self
+            .vhosts
+            .get_mut(vhost)
+            .and_then(|v| v.queues.get_mut(queue))
+        {
+            dispatch(q, &mut self.connections);
+        }
+    }
+
+    fn dispatch_channel_queues(&mut self, key: ChannelKey) {
+        let Some(connection) = self.connections.get(&key.connection) else {
+            return;
+        };
+        let vhost = connection.vhost.clone();
+        let Some(channel) = connection.channels.get(&key.channel) else {
+            return;
+        };
+        let mut queues: Vec<ShortStr> = channel.consumers.values().cloned().collect();
+        queues.sort();
+        queues.dedup();
+        for queue in queues {
+            self.dispatch(&vhost, &queue);
+        }
+    }
+
+    /// `basic.publish`: routes the message and enqueues it on every queue it reaches (or
+    /// hands it to a direct reply-to consumer), then delivers what consumers can take.
+    ///
+    /// # Errors
+    /// `NotFound` for a missing exchange, `AccessRefused` for an internal one,
+    /// `PreconditionFailed` for a direct reply-to request without a reply consumer.
+    pub fn publish(&mut self, key: ChannelKey, mut message: Message) -> Result<RouteResult> {
+        let vhost_name = self.vhost_of(key.connection)?;
+        if message.properties.reply_to.as_deref() == Some(DIRECT_REPLY_TO) {
+            let channel = self.channel_mut(key)?;
+            let Some((_, address)) = &channel.reply_to else {
+                return Err(BrokerError::PreconditionFailed(
+                    "fast reply consumer does not exist".into(),
+                ));
+            };
+            let mut properties = message.properties.clone();
+            properties.reply_to = Some(address.clone());
+            message = message.with_properties(properties);
+        }
+        if message.exchange.is_empty() && message.routing_key.starts_with(DIRECT_REPLY_TO) {
+            return Ok(self.deliver_reply(message));
+        }
+        let Some(vhost) = self.vhosts.get_mut(&vhost_name) else {
+            return Err(BrokerError::NotAllowed(format!(
+                "vhost {vhost_name} not found"
+            )));
+        };
+        let exchange = vhost.exchange(&message.exchange)?;
+        if exchange.internal {
+            return Err(BrokerError::AccessRefused(format!(
+                "cannot publish to internal exchange '{}' in vhost '{vhost_name}'",
+                exchange.name
+            )));
+        }
+        let mut targets = Vec::new();
+        vhost.route(
+            &message.exchange,
+            &message.routing_key,
+            message.properties.headers.as_ref(),
+            &mut targets,
+        )?;
+        if targets.is_empty() {
+            return Ok(RouteResult::Unroutable);
+        }
+        let message = Arc::new(message);
+        for name in &targets {
+            if let Some(queue) = vhost.queues.get_mut(name) {
+                queue.ready.push_back(QueuedMessage::new(message.clone()));
+                dispatch(queue, &mut self.connections);
+            }
+        }
+        Ok(RouteResult::Routed(targets.len()))
+    }
+
+    /// Delivers a reply addressed `amq.rabbitmq.reply-to.<connection>.<channel>.<secret>`
+    /// straight to the requester's reply consumer; unknown or stale addresses are unroutable.
+    fn deliver_reply(&mut self, message: Message) -> RouteResult {
+        let address = message.routing_key.clone();
+        let mut parts = address[DIRECT_REPLY_TO.len()..]
+            .trim_start_matches('.')
+            .splitn(3, '.');
+        let (Some(Ok(connection)), Some(Ok(channel))) = (
+            parts.next().map(str::parse::<ConnectionId>),
+            parts.next().map(str::parse::<u16>),
+        ) else {
+            return RouteResult::Unroutable;
+        };
+        let Some(state) = self.connections.get_mut(&connection) else {
+            return RouteResult::Unroutable;
+        };
+        let Some(ch) = state.channels.get_mut(&channel) else {
+            return RouteResult::Unroutable;
+        };
+        let Some((tag, expected)) = ch.reply_to.clone() else {
+            return RouteResult::Unroutable;
+        };
+        if expected != address {
+            return RouteResult::Unroutable;
+        }
+        let delivery_tag = ch.next_delivery_tag();
+        state.outlet.send(Outbound::Deliver {
+            channel,
+            consumer_tag: tag,
+            delivery_tag,
+            redelivered: false,
+            message: Arc::new(message),
+        });
+        RouteResult::Routed(1)
+    }
+
+    /// `basic.consume`. `on_ok` runs with the consumer's tag after the consumer is attached
+    /// and before any delivery to it, so the server can send `consume-ok` first.
+    ///
+    /// # Errors
+    /// `NotFound`, `ResourceLocked`, `AccessRefused` (exclusive consumer conflicts),
+    /// `NotAllowed` (tag reused on the channel), `PreconditionFailed` (direct reply-to
+    /// without `no_ack`).
+    pub fn basic_consume(
+        &mut self,
+        key: ChannelKey,
+        queue: &str,
+        tag: ShortStr,
+        no_ack: bool,
+        exclusive: bool,
+        on_ok: impl FnOnce(&ShortStr),
+    ) -> Result<()> {
+        let vhost_name = self.vhost_of(key.connection)?;
+        let tag = if tag.is_empty() {
+            self.generate_name("amq.ctag-")
+        } else {
+            tag
+        };
+        if self.channel_mut(key)?.consumers.contains_key(&tag) {
+            return Err(BrokerError::NotAllowed(format!(
+                "attempt to reuse consumer tag '{tag}'"
+            )));
+        }
+        if queue == DIRECT_REPLY_TO {
+            return self.consume_replies(key, tag, no_ack, on_ok);
+        }
+        let prefetch_count = self.channel_mut(key)?.consumer_prefetch;
+        let q = self.vhost_mut(&vhost_name)?.queue_mut(queue)?;
+        if !q.accessible_by(key.connection) {
+            return Err(BrokerError::locked(queue, &vhost_name));
+        }
+        if q.consumers.iter().any(|c| c.exclusive) || (exclusive && !q.consumers.is_empty()) {
+            return Err(BrokerError::AccessRefused(format!(
+                "queue '{queue}' in vhost '{vhost_name}' in exclusive use"
+            )));
+        }
+        q.consumers.push(Consumer {
+            channel: key,
+            tag: tag.clone(),
+            no_ack,
+            exclusive,
+            prefetch_count,
+            unacked: 0,
+        });
+        q.had_consumers = true;
+        let queue_name = q.name.clone();
+        self.channel_mut(key)?
+            .consumers
+            .insert(tag.clone(), queue_name.clone());
+        on_ok(&tag);
+        self.dispatch(&vhost_name, &queue_name);
+        Ok(())
+    }
+
+    fn consume_replies(
+        &mut self,
+        key: ChannelKey,
+        tag: ShortStr,
+        no_ack: bool,
+        on_ok: impl FnOnce(&ShortStr),
+    ) -> Result<()> {
+        if !no_ack {
+            return Err(BrokerError::PreconditionFailed(
+                "reply consumer cannot acknowledge".into(),
+            ));
+        }
+        let secret = self.next_random();
+        let channel = self.channel_mut(key)?;
+        if channel.reply_to.is_some() {
+            return Err(BrokerError::PreconditionFailed(
+                "reply consumer already set".into(),
+            ));
+        }
+        let address = format!(
+            "{DIRECT_REPLY_TO}.{}.{}.{secret:016x}",
+            key.connection, key.channel
+        );
+        channel.reply_to = Some((tag.clone(), address.into()));
+        channel
+            .consumers
+            .insert(tag.clone(), DIRECT_REPLY_TO.into());
+        on_ok(&tag);
+        Ok(())
+    }
+
+    /// `basic.cancel`. Returns whether the tag was a consumer of the channel (cancelling
+    /// an unknown tag is not an error in AMQP).
+    ///
+    /// # Errors
+    /// `CommandInvalid` if the channel is not open.
+    pub fn basic_cancel(&mut self, key: ChannelKey, tag: &str) -> Result<bool> {
+        let vhost = self.vhost_of(key.connection)?;
+        let channel = self.channel_mut(key)?;
+        let Some(queue) = channel.consumers.remove(tag) else {
+            return Ok(false);
+        };
+        if queue == DIRECT_REPLY_TO {
+            channel.reply_to = None;
+            return Ok(true);
+        }
+        self.detach_consumer(&vhost, &queue, key, tag);
+        Ok(true)
+    }
+
+    /// `basic.qos` with prefetch size 0 (RabbitMQ refuses others): `global` sets the limit
+    /// shared by the channel's consumers, otherwise the limit of each consumer created later.
+    ///
+    /// # Errors
+    /// `CommandInvalid` if the channel is not open.
+    pub fn basic_qos(&mut self, key: ChannelKey, prefetch_count: u16, global: bool) -> Result<()> {
+        let channel = self.channel_mut(key)?;
+        if global {
+            channel.channel_prefetch = prefetch_count;
+        } else {
+            channel.consumer_prefetch = prefetch_count;
+        }
+        self.dispatch_channel_queues(key);
+        Ok(())
+    }
+
+    /// `channel.flow`: pauses or resumes deliveries to the channel's consumers.
+    ///
+    /// # Errors
+    /// `CommandInvalid` if the channel is not open.
+    pub fn channel_flow(&mut self, key: ChannelKey, active: bool) -> Result<()> {
+        self.channel_mut(key)?.flow_paused = !active;
+        if active {
+            self.dispatch_channel_queues(key);
+        }
+        Ok(())
+    }
+
+    /// `basic.get`: takes the queue's head message, if any.
+    ///
+    /// # Errors
+    /// `NotFound`, `ResourceLocked`.
+    pub fn basic_get(&mut self, key: ChannelKey, queue: &str, no_ack: bool) -> Result<Option<Got>> {
+        let vhost_name = self.vhost_of(key.connection)?;
+        let q = self.vhost_mut(&vhost_name)?.queue_mut(queue)?;
+        if !q.accessible_by(key.connection) {
+            return Err(BrokerError::locked(queue, &vhost_name));
+        }
+        let Some(message) = q.ready.pop_front() else {
+            return Ok(None);
+        };
+        let message_count = q.message_count();
+        let queue_name = q.name.clone();
+        let channel = self.channel_mut(key)?;
+        let delivery_tag = channel.next_delivery_tag();
+        let got = Got {
+            delivery_tag,
+            redelivered: message.redelivered,
+            message: message.message.clone(),
+            message_count,
+        };
+        if !no_ack {
+            channel.unacked.insert(
+                delivery_tag,
+                Unacked {
+                    queue: queue_name,
+                    message,
+                    consumer: None,
+                },
+            );
+        }
+        Ok(Some(got))
+    }
+
+    /// `basic.ack`, `basic.nack` and `basic.reject`: settles `tag` (and, with `multiple`,
+    /// every earlier outstanding tag; tag 0 with `multiple` means all).
+    ///
+    /// # Errors
+    /// `PreconditionFailed` "unknown delivery tag" if `tag` is not outstanding.
+    pub fn settle(
+        &mut self,
+        key: ChannelKey,
+        tag: u64,
+        multiple: bool,
+        how: Settlement,
+    ) -> Result<()> {
+        let vhost = self.vhost_of(key.connection)?;
+        let channel = self.channel_mut(key)?;
+        let Some(settled) = channel.take_unacked(tag, multiple) else {
+            return Err(BrokerError::PreconditionFailed(format!(
+                "unknown delivery tag {tag}"
+            )));
+        };
+        let consumer_settled = settled.iter().filter(|(_, u)| u.consumer.is_some()).count();
+        channel.consumer_unacked = channel
+            .consumer_unacked
+            .saturating_sub(consumer_settled as u32);
+        let global_credit = channel.channel_prefetch != 0;
+        let v = self.vhost_mut(&vhost)?;
+        let mut touched: Vec<ShortStr> = Vec::new();
+        for (_, unacked) in &settled {
+            if let (Some(tag), Some(queue)) = (&unacked.consumer, v.queues.get_mut(&unacked.queue))
+                && let Some(c) = queue
+                    .consumers
+                    .iter_mut()
+                    .find(|c| c.channel == key && c.tag == *tag)
+            {
+                c.unacked = c.unacked.saturating_sub(1);
+            }
+            if !touched.contains(&unacked.queue) {
+                touched.push(unacked.queue.clone());
+            }
+        }
+        match how {
+            Settlement::Ack | Settlement::Discard => {}
+            Settlement::Requeue => self.requeue(&vhost, settled.into_iter().map(|(_, u)| u)),
+        }
+        for queue in &touched {
+            self.dispatch(&vhost, queue);
+        }
+        if global_credit {
+            self.dispatch_channel_queues(key);
+        }
+        Ok(())
+    }
+
+    /// `basic.recover`: every unacked delivery of the channel goes back to its queue.
+    ///
+    /// # Errors
+    /// `NotImplemented` for `requeue = false` (as RabbitMQ).
+    pub fn basic_recover(&mut self, key: ChannelKey, requeue: bool) -> Result<()> {
+        if !requeue {
+            return Err(BrokerError::NotImplemented("requeue=false".into()));
+        }
+        self.settle(key, 0, true, Settlement::Requeue)
+    }
+
+    /// Returns unacked messages to their queues (at the head, in their original order,
+    /// flagged redelivered) and delivers what consumers can take.
+    pub(crate) fn requeue(&mut self, vhost: &str, unacked: impl Iterator<Item = Unacked>) {
+        let mut by_queue: Vec<(ShortStr, Vec<QueuedMessage>)> = Vec::new();
+        for u in unacked {
+            match by_queue.iter_mut().find(|(q, _)| *q == u.queue) {
+                Some((_, messages)) => messages.push(u.message),
+                None => by_queue.push((u.queue, vec![u.message])),
+            }
+        }
+        for (queue, messages) in by_queue {
+            if let Some(q) = self
+                .vhosts
+                .get_mut(vhost)
+                .and_then(|v| v.queues.get_mut(&queue))
+            {
+                q.requeue(messages.into_iter());
+                dispatch(q, &mut self.connections);
+            }
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! Postroom's broker domain: virtual hosts, exchanges, bindings, queues, consumers and the
+//! delivery state of channels.
+//!
+//! Deterministic and free of I/O: it knows AMQP's data types (`postroom-amqp`) but not its
+//! framing, and nothing of sockets, tasks or files. What must reach a client is handed to an
+//! [`Outlet`] that the server implements. Errors are [`BrokerError`]s; the server maps them
+//! to reply codes in one place.
+//!
+//! Layout:
+//! - [`broker`]: [`Broker`], the whole state, and connection/channel lifecycle.
+//! - [`definitions`]: declaring, binding and deleting exchanges and queues.
+//! - [`delivery`]: publish, consume, get, ack/nack/reject, recover, dispatch.
+//! - [`exchange`]: exchanges and bindings; one file per exchange type.
+//! - [`queue`]: queues and consumers.
+//! - [`session`]: channel delivery state, [`Outlet`] and [`Outbound`] events.
+//! - [`vhost`]: virtual hosts and routing across exchanges.
+//! - [`message`]: messages and their delivery history.
+//! - [`error`]: [`BrokerError`].
+
+pub mod broker;
+pub mod definitions;
+pub mod delivery;
+pub mod error;
+pub mod exchange;
+pub mod message;
+pub mod queue;
+pub mod session;
+pub mod vhost;
+
+/// Identifies a client connection for the life of the broker.
+pub type ConnectionId = u64;
+
+pub use broker::Broker;
+pub use definitions::{ExchangeSpec, QueueDeclared, QueueSpec};
+pub use delivery::{DIRECT_REPLY_TO, Got, RouteResult, Settlement};
+pub use error::BrokerError;
+pub use exchange::{Destination, ExchangeKind};
+pub use message::{Message, QueuedMessage};
+pub use session::{ChannelKey, Outbound, Outlet};

@@ -1,0 +1,144 @@
+//! Queues: ready messages in FIFO order and the consumers that compete for them.
+//!
+//! A queue does not deliver by itself: [`crate::Broker`] runs dispatch, because choosing a
+//! consumer needs its channel's prefetch state.
+
+use std::collections::VecDeque;
+
+use postroom_amqp::{FieldTable, ShortStr};
+
+use crate::ConnectionId;
+use crate::message::QueuedMessage;
+use crate::session::ChannelKey;
+
+/// Queue arguments whose values must match when a queue is redeclared (RabbitMQ's list).
+pub const EQUIVALENCE_ARGUMENTS: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-type",
+    "x-single-active-consumer",
+    "x-delivery-limit",
+];
+
+/// A consumer attached to a queue.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    /// The channel it was created on.
+    pub channel: ChannelKey,
+    /// Its tag, unique within the channel.
+    pub tag: ShortStr,
+    /// Whether deliveries are settled on send (no acks).
+    pub no_ack: bool,
+    /// Whether it holds the queue exclusively.
+    pub exclusive: bool,
+    /// Per-consumer prefetch limit (0 = none), fixed when it was created.
+    pub prefetch_count: u16,
+    /// Deliveries not yet acknowledged.
+    pub unacked: u32,
+}
+
+/// A queue.
+#[derive(Debug)]
+pub struct Queue {
+    /// Its name.
+    pub name: ShortStr,
+    /// Whether it survives a restart.
+    pub durable: bool,
+    /// The connection that owns it, for exclusive queues.
+    pub exclusive_owner: Option<ConnectionId>,
+    /// Whether it is deleted when its last consumer goes away.
+    pub auto_delete: bool,
+    /// Declare arguments.
+    pub arguments: FieldTable,
+    /// Messages ready for delivery, oldest first.
+    pub ready: VecDeque<QueuedMessage>,
+    /// Consumers, in the order they subscribed.
+    pub consumers: Vec<Consumer>,
+    /// Index of the consumer to try first on the next delivery (round-robin).
+    pub next_consumer: usize,
+    /// Whether it has ever had a consumer (auto-delete only applies after the first).
+    pub had_consumers: bool,
+}
+
+impl Queue {
+    /// An empty queue.
+    pub fn new(
+        name: ShortStr,
+        durable: bool,
+        exclusive_owner: Option<ConnectionId>,
+        auto_delete: bool,
+        arguments: FieldTable,
+    ) -> Queue {
+        Queue {
+            name,
+            durable,
+            exclusive_owner,
+            auto_delete,
+            arguments,
+            ready: VecDeque::new(),
+            consumers: Vec::new(),
+            next_consumer: 0,
+            had_consumers: false,
+        }
+    }
+
+    /// Number of messages ready for delivery.
+    pub fn message_count(&self) -> u32 {
+        self.ready.len().try_into().unwrap_or(u32::MAX)
+    }
+
+    /// Number of consumers.
+    pub fn consumer_count(&self) -> u32 {
+        self.consumers.len().try_into().unwrap_or(u32::MAX)
+    }
+
+    /// Whether the queue can be used by `connection` (exclusive queues only by their owner).
+    pub fn accessible_by(&self, connection: ConnectionId) -> bool {
+        self.exclusive_owner.is_none_or(|owner| owner == connection)
+    }
+
+    /// Puts messages back at the head of the queue, keeping their relative order, marked
+    /// redelivered — as RabbitMQ returns a requeued message to its original position ahead
+    /// of newer messages.
+    pub fn requeue(&mut self, messages: impl DoubleEndedIterator<Item = QueuedMessage>) {
+        for mut message in messages.rev() {
+            message.redelivered = true;
+            message.delivery_count = message.delivery_count.saturating_add(1);
+            self.ready.push_front(message);
+        }
+    }
+
+    /// Removes a consumer by channel and tag, returning it.
+    pub fn remove_consumer(&mut self, channel: ChannelKey, tag: &str) -> Option<Consumer> {
+        let index = self
+            .consumers
+            .iter()
+            .position(|c| c.channel == channel && c.tag == tag)?;
+        if index < self.next_consumer {
+            self.next_consumer -= 1;
+        }
+        let consumer = self.consumers.remove(index);
+        if self.next_consumer >= self.consumers.len() {
+            self.next_consumer = 0;
+        }
+        Some(consumer)
+    }
+
+    /// Whether it should now be deleted because its last consumer went away.
+    pub fn should_auto_delete(&self) -> bool {
+        self.auto_delete && self.had_consumers && self.consumers.is_empty()
+    }
+
+    /// Removes every ready message, returning how many there were.
+    pub fn purge(&mut self) -> u32 {
+        let count = self.message_count();
+        self.ready.clear();
+        count
+    }
+}

@@ -1,0 +1,166 @@
+//! Virtual hosts: the exchanges and queues of one namespace, and routing across them.
+
+use std::collections::HashMap;
+
+use postroom_amqp::{FieldTable, ShortStr};
+
+use crate::error::{BrokerError, Result};
+use crate::exchange::{Destination, Exchange, ExchangeKind};
+use crate::queue::Queue;
+
+/// The exchanges every virtual host starts with (besides the default exchange).
+pub const PREDECLARED_EXCHANGES: &[(&str, ExchangeKind)] = &[
+    ("amq.direct", ExchangeKind::Direct),
+    ("amq.fanout", ExchangeKind::Fanout),
+    ("amq.topic", ExchangeKind::Topic),
+    ("amq.headers", ExchangeKind::Headers),
+    ("amq.match", ExchangeKind::Headers),
+];
+
+/// A virtual host.
+#[derive(Debug)]
+pub struct VHost {
+    /// Its name.
+    pub name: ShortStr,
+    /// Exchanges by name; the default exchange is the one named "".
+    pub exchanges: HashMap<ShortStr, Exchange>,
+    /// Queues by name.
+    pub queues: HashMap<ShortStr, Queue>,
+}
+
+impl VHost {
+    /// A virtual host with the default and predeclared exchanges.
+    pub fn new(name: &str) -> VHost {
+        let mut exchanges = HashMap::new();
+        let mut add = |name: &str, kind| {
+            let exchange = Exchange::new(name.into(), kind, true, false, false, FieldTable::new());
+            exchanges.insert(exchange.name.clone(), exchange);
+        };
+        add("", ExchangeKind::Direct);
+        for (name, kind) in PREDECLARED_EXCHANGES {
+            add(name, *kind);
+        }
+        VHost {
+            name: name.into(),
+            exchanges,
+            queues: HashMap::new(),
+        }
+    }
+
+    /// The exchange `name`.
+    ///
+    /// # Errors
+    /// `NotFound` if there is none.
+    pub fn exchange(&self, name: &str) -> Result<&Exchange> {
+        self.exchanges
+            .get(name)
+            .ok_or_else(|| BrokerError::exchange_not_found(name, &self.name))
+    }
+
+    /// The queue `name`.
+    ///
+    /// # Errors
+    /// `NotFound` if there is none.
+    pub fn queue(&self, name: &str) -> Result<&Queue> {
+        self.queues
+            .get(name)
+            .ok_or_else(|| BrokerError::queue_not_found(name, &self.name))
+    }
+
+    /// The queue `name`, mutably.
+    ///
+    /// # Errors
+    /// `NotFound` if there is none.
+    pub fn queue_mut(&mut self, name: &str) -> Result<&mut Queue> {
+        let vhost = &self.name;
+        self.queues
+            .get_mut(name)
+            .ok_or_else(|| BrokerError::queue_not_found(name, vhost))
+    }
+
+    /// Routes a message published to `exchange`, appending the names of the queues it
+    /// reaches to `queues` (each at most once). Follows exchange-to-exchange bindings
+    /// (each exchange visited once, so cycles end) and alternate exchanges, which take a
+    /// message their exchange had no binding for (as RabbitMQ does).
+    ///
+    /// # Errors
+    /// `NotFound` if the exchange published to does not exist.
+    pub fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        queues: &mut Vec<ShortStr>,
+    ) -> Result<()> {
+        let first = self.exchange(exchange)?;
+        if first.name.is_empty() {
+            if let Some((name, _)) = self.queues.get_key_value(routing_key) {
+                queues.push(name.clone());
+            }
+            return Ok(());
+        }
+        let mut work = vec![first];
+        let mut seen: Vec<&str> = vec![&first.name];
+        let mut destinations = Vec::new();
+        while let Some(exchange) = work.pop() {
+            destinations.clear();
+            exchange.route_into(routing_key, headers, &mut destinations);
+            if destinations.is_empty()
+                && let Some(alternate) = exchange.alternate_exchange()
+            {
+                destinations.push(Destination::Exchange(alternate.into()));
+            }
+            for destination in destinations.drain(..) {
+                match destination {
+                    Destination::Queue(name) => {
+                        if self.queues.contains_key(&name) && !queues.contains(&name) {
+                            queues.push(name);
+                        }
+                    }
+                    Destination::Exchange(name) => {
+                        if let Some(next) = self.exchanges.get(&name)
+                            && !seen.contains(&next.name.as_str())
+                        {
+                            seen.push(&next.name);
+                            work.push(next);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every binding to `destination`; auto-delete exchanges left without bindings
+    /// are deleted too (and the bindings to them, recursively).
+    pub fn remove_bindings_to(&mut self, destination: &Destination) {
+        let mut emptied = Vec::new();
+        for exchange in self.exchanges.values_mut() {
+            let before = exchange.bindings.len();
+            exchange.bindings.retain(|b| b.destination != *destination);
+            if before != exchange.bindings.len()
+                && exchange.bindings.is_empty()
+                && exchange.auto_delete
+            {
+                emptied.push(exchange.name.clone());
+            }
+        }
+        for name in emptied {
+            self.delete_exchange(&name);
+        }
+    }
+
+    /// Deletes an exchange and every binding to it.
+    pub fn delete_exchange(&mut self, name: &str) {
+        if let Some(exchange) = self.exchanges.remove(name) {
+            self.remove_bindings_to(&Destination::Exchange(exchange.name));
+        }
+    }
+
+    /// Whether any exchange has a binding to `destination`.
+    pub fn has_bindings_to(&self, destination: &Destination) -> bool {
+        self.exchanges
+            .values()
+            .any(|x| x.bindings.iter().any(|b| b.destination == *destination))
+    }
+}

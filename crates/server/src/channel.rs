@@ -1,0 +1,570 @@
+//! One AMQP channel on the server side: method dispatch, content assembly, publisher
+//! confirms and transactions. Delivery state (tags, unacked, prefetch, consumers) lives in
+//! the broker; this is what only the connection needs.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use postroom_amqp::constants::{CLASS_BASIC, reply};
+use postroom_amqp::method::*;
+use postroom_amqp::{ContentHeader, Frame, Method, ShortStr};
+use postroom_core::{Destination, ExchangeSpec, Message, QueueSpec, RouteResult, Settlement};
+
+use crate::connection::Context;
+use crate::reply::Close;
+use crate::writer::WriterMsg;
+
+/// What the connection should do with the channel after a frame.
+pub(crate) enum After {
+    Continue,
+    /// The channel is fully closed; forget it.
+    Remove,
+}
+
+/// A channel error or connection error, with the class and method that caused it.
+pub(crate) type Fail = (Close, u16, u16);
+
+enum State {
+    Open,
+    /// The server sent `channel.close` and waits for `close-ok`, dropping other frames.
+    Closing,
+}
+
+/// A publish whose content is being received.
+struct Pending {
+    publish: BasicPublish,
+    header: Option<ContentHeader>,
+    body: BytesMut,
+    first_body: Option<Bytes>,
+}
+
+/// An operation held back until `tx.commit`.
+enum TxOp {
+    Publish(Message, bool),
+    Settle(u64, bool, Settlement),
+}
+
+pub(crate) struct Channel {
+    number: u16,
+    state: State,
+    pending: Option<Pending>,
+    /// Publisher confirms: the sequence number of the last publish, if confirm mode is on.
+    confirm: Option<u64>,
+    tx: Option<Vec<TxOp>>,
+}
+
+fn fail(code: u16, text: impl std::fmt::Display, class_id: u16, method_id: u16) -> Fail {
+    (Close::new(code, text), class_id, method_id)
+}
+
+impl Channel {
+    pub fn new(number: u16) -> Channel {
+        Channel {
+            number,
+            state: State::Open,
+            pending: None,
+            confirm: None,
+            tx: None,
+        }
+    }
+
+    /// Sends `channel.close` for a channel error and releases the channel's broker state at
+    /// once (its unacked messages requeue now, not when the client answers).
+    pub fn close_with(&mut self, ctx: &Context, close: Close, class_id: u16, method_id: u16) {
+        tracing::debug!(channel = self.number, code = close.code, text = %close.text, "closing channel");
+        ctx.shared.lock().close_channel(ctx.key(self.number));
+        self.state = State::Closing;
+        self.pending = None;
+        ctx.out.method(
+            self.number,
+            ChannelClose {
+                reply_code: close.code,
+                reply_text: close.text.into(),
+                class_id,
+                method_id,
+            },
+        );
+    }
+
+    pub fn handle(&mut self, ctx: &Context, frame: Frame) -> Result<After, Fail> {
+        if let State::Closing = self.state {
+            return Ok(match frame {
+                Frame::Method {
+                    method: Method::ChannelCloseOk(_),
+                    ..
+                } => After::Remove,
+                Frame::Method {
+                    method: Method::ChannelClose(_),
+                    ..
+                } => {
+                    ctx.out.method(self.number, ChannelCloseOk {});
+                    After::Remove
+                }
+                _ => After::Continue,
+            });
+        }
+        match frame {
+            Frame::Method { method, .. } => {
+                if self.pending.is_some() {
+                    return Err(fail(
+                        reply::UNEXPECTED_FRAME,
+                        format!(
+                            "expected content header for class 60, got non content header frame instead ({})",
+                            method.name()
+                        ),
+                        method.class_id(),
+                        method.method_id(),
+                    ));
+                }
+                let (class_id, method_id) = (method.class_id(), method.method_id());
+                self.method(ctx, method)
+                    .map_err(|close| (close, class_id, method_id))
+            }
+            Frame::Header { header, .. } => self.content_header(ctx, header),
+            Frame::Body { payload, .. } => self.content_body(ctx, payload),
+            Frame::Heartbeat => Ok(After::Continue),
+        }
+    }
+
+    fn content_header(&mut self, ctx: &Context, header: ContentHeader) -> Result<After, Fail> {
+        let Some(pending) = self.pending.as_mut().filter(|p| p.header.is_none()) else {
+            return Err(fail(
+                reply::UNEXPECTED_FRAME,
+                "unexpected content header",
+                60,
+                40,
+            ));
+        };
+        if header.class_id != CLASS_BASIC {
+            return Err(fail(
+                reply::UNEXPECTED_FRAME,
+                "content header for a class other than basic",
+                60,
+                40,
+            ));
+        }
+        let max = ctx.shared.config.max_message_size;
+        if header.body_size > max {
+            self.pending = None;
+            let text = format!(
+                "message size {} is larger than configured max size {max}",
+                header.body_size
+            );
+            return Err(fail(reply::PRECONDITION_FAILED, text, 60, 40));
+        }
+        let size = header.body_size;
+        pending.header = Some(header);
+        if size == 0 {
+            return self.finish_publish(ctx);
+        }
+        Ok(After::Continue)
+    }
+
+    fn content_body(&mut self, ctx: &Context, payload: Bytes) -> Result<After, Fail> {
+        let Some(pending) = self.pending.as_mut() else {
+            return Err(fail(
+                reply::UNEXPECTED_FRAME,
+                "unexpected content body",
+                60,
+                40,
+            ));
+        };
+        let Some(header) = &pending.header else {
+            return Err(fail(
+                reply::UNEXPECTED_FRAME,
+                "content body before content header",
+                60,
+                40,
+            ));
+        };
+        let expected = header.body_size;
+        let received = pending.body.len() + pending.first_body.as_ref().map_or(0, Bytes::len);
+        let total = (received + payload.len()) as u64;
+        if total > expected {
+            return Err(fail(
+                reply::FRAME_ERROR,
+                "content body exceeds the size in its header",
+                60,
+                40,
+            ));
+        }
+        // A body in one frame stays a zero-copy slice of the read buffer.
+        match pending.first_body.take() {
+            None if pending.body.is_empty() => pending.first_body = Some(payload),
+            first => {
+                if let Some(first) = first {
+                    pending.body.extend_from_slice(&first);
+                }
+                pending.body.extend_from_slice(&payload);
+            }
+        }
+        if total == expected {
+            return self.finish_publish(ctx);
+        }
+        Ok(After::Continue)
+    }
+
+    fn finish_publish(&mut self, ctx: &Context) -> Result<After, Fail> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(After::Continue);
+        };
+        let Some(header) = pending.header else {
+            return Ok(After::Continue);
+        };
+        let body = match pending.first_body {
+            Some(first) => first,
+            None => pending.body.freeze(),
+        };
+        if let Some(user_id) = &header.properties.user_id
+            && *user_id != ctx.user
+        {
+            let text = format!(
+                "user_id property set to '{user_id}' but authenticated user was '{}'",
+                ctx.user
+            );
+            return Err(fail(reply::PRECONDITION_FAILED, text, 60, 40));
+        }
+        let message = Message {
+            exchange: pending.publish.exchange,
+            routing_key: pending.publish.routing_key,
+            properties: header.properties,
+            raw_properties: header.raw_properties,
+            body,
+        };
+        let mandatory = pending.publish.mandatory;
+        if let Some(ops) = &mut self.tx {
+            ops.push(TxOp::Publish(message, mandatory));
+            return Ok(After::Continue);
+        }
+        self.publish(ctx, message, mandatory)
+            .map_err(|close| (close, 60, 40))?;
+        if let Some(seq) = &mut self.confirm {
+            *seq += 1;
+            ctx.out.method(
+                self.number,
+                BasicAck {
+                    delivery_tag: *seq,
+                    multiple: false,
+                },
+            );
+        }
+        Ok(After::Continue)
+    }
+
+    fn publish(&mut self, ctx: &Context, message: Message, mandatory: bool) -> Result<(), Close> {
+        let returned = mandatory.then(|| message.clone());
+        let routed = ctx.shared.lock().publish(ctx.key(self.number), message)?;
+        if let (RouteResult::Unroutable, Some(message)) = (routed, returned) {
+            let ret = BasicReturn {
+                reply_code: reply::NO_ROUTE,
+                reply_text: ShortStr::from_static("NO_ROUTE"),
+                exchange: message.exchange.clone(),
+                routing_key: message.routing_key.clone(),
+            };
+            ctx.out.send_msg(WriterMsg::Content(
+                self.number,
+                ret.into(),
+                Arc::new(message),
+            ));
+        }
+        Ok(())
+    }
+
+    fn settle(
+        &mut self,
+        ctx: &Context,
+        tag: u64,
+        multiple: bool,
+        how: Settlement,
+    ) -> Result<(), Close> {
+        if let Some(ops) = &mut self.tx {
+            ops.push(TxOp::Settle(tag, multiple, how));
+            return Ok(());
+        }
+        Ok(ctx
+            .shared
+            .lock()
+            .settle(ctx.key(self.number), tag, multiple, how)?)
+    }
+
+    fn method(&mut self, ctx: &Context, method: Method) -> Result<After, Close> {
+        let n = self.number;
+        let key = ctx.key(n);
+        let out = &ctx.out;
+        let shared = &ctx.shared;
+        match method {
+            Method::ChannelClose(_) => {
+                shared.lock().close_channel(key);
+                out.method(n, ChannelCloseOk {});
+                return Ok(After::Remove);
+            }
+            Method::ChannelCloseOk(_) => {}
+            Method::ChannelOpen(_) => {
+                return Err(Close::new(
+                    reply::CHANNEL_ERROR,
+                    format!("second 'channel.open' seen on channel {n}"),
+                ));
+            }
+            Method::ChannelFlow(flow) => {
+                shared.lock().channel_flow(key, flow.active)?;
+                out.method(
+                    n,
+                    ChannelFlowOk {
+                        active: flow.active,
+                    },
+                );
+            }
+            Method::ChannelFlowOk(_) => {}
+            Method::AccessRequest(_) => out.method(n, AccessRequestOk { ticket: 1 }),
+            Method::ExchangeDeclare(m) => {
+                let spec = ExchangeSpec {
+                    name: m.exchange,
+                    kind: m.kind,
+                    passive: m.passive,
+                    durable: m.durable,
+                    auto_delete: m.auto_delete,
+                    internal: m.internal,
+                    arguments: m.arguments,
+                };
+                shared.lock().exchange_declare(ctx.id, spec)?;
+                if !m.nowait {
+                    out.method(n, ExchangeDeclareOk {});
+                }
+            }
+            Method::ExchangeDelete(m) => {
+                shared
+                    .lock()
+                    .exchange_delete(ctx.id, &m.exchange, m.if_unused)?;
+                if !m.nowait {
+                    out.method(n, ExchangeDeleteOk {});
+                }
+            }
+            Method::ExchangeBind(m) => {
+                let destination = Destination::Exchange(m.destination);
+                shared
+                    .lock()
+                    .bind(ctx.id, &m.source, destination, m.routing_key, m.arguments)?;
+                if !m.nowait {
+                    out.method(n, ExchangeBindOk {});
+                }
+            }
+            Method::ExchangeUnbind(m) => {
+                let destination = Destination::Exchange(m.destination);
+                shared.lock().unbind(
+                    ctx.id,
+                    &m.source,
+                    destination,
+                    &m.routing_key,
+                    &m.arguments,
+                )?;
+                if !m.nowait {
+                    out.method(n, ExchangeUnbindOk {});
+                }
+            }
+            Method::QueueDeclare(m) => {
+                let spec = QueueSpec {
+                    name: m.queue,
+                    passive: m.passive,
+                    durable: m.durable,
+                    exclusive: m.exclusive,
+                    auto_delete: m.auto_delete,
+                    arguments: m.arguments,
+                };
+                let declared = shared.lock().queue_declare(ctx.id, spec)?;
+                if !m.nowait {
+                    out.method(
+                        n,
+                        QueueDeclareOk {
+                            queue: declared.name,
+                            message_count: declared.message_count,
+                            consumer_count: declared.consumer_count,
+                        },
+                    );
+                }
+            }
+            Method::QueueBind(m) => {
+                let destination = Destination::Queue(m.queue);
+                shared
+                    .lock()
+                    .bind(ctx.id, &m.exchange, destination, m.routing_key, m.arguments)?;
+                if !m.nowait {
+                    out.method(n, QueueBindOk {});
+                }
+            }
+            Method::QueueUnbind(m) => {
+                let destination = Destination::Queue(m.queue);
+                shared.lock().unbind(
+                    ctx.id,
+                    &m.exchange,
+                    destination,
+                    &m.routing_key,
+                    &m.arguments,
+                )?;
+                out.method(n, QueueUnbindOk {});
+            }
+            Method::QueuePurge(m) => {
+                let message_count = shared.lock().queue_purge(ctx.id, &m.queue)?;
+                if !m.nowait {
+                    out.method(n, QueuePurgeOk { message_count });
+                }
+            }
+            Method::QueueDelete(m) => {
+                let message_count =
+                    shared
+                        .lock()
+                        .queue_delete(ctx.id, &m.queue, m.if_unused, m.if_empty)?;
+                if !m.nowait {
+                    out.method(n, QueueDeleteOk { message_count });
+                }
+            }
+            Method::BasicQos(m) => {
+                if m.prefetch_size != 0 {
+                    return Err(Close::new(
+                        reply::NOT_IMPLEMENTED,
+                        format!("prefetch_size!=0 ({})", m.prefetch_size),
+                    ));
+                }
+                shared.lock().basic_qos(key, m.prefetch_count, m.global)?;
+                out.method(n, BasicQosOk {});
+            }
+            Method::BasicConsume(m) => {
+                let nowait = m.nowait;
+                shared.lock().basic_consume(
+                    key,
+                    &m.queue,
+                    m.consumer_tag,
+                    m.no_ack,
+                    m.exclusive,
+                    |tag| {
+                        if !nowait {
+                            out.method(
+                                n,
+                                BasicConsumeOk {
+                                    consumer_tag: tag.clone(),
+                                },
+                            );
+                        }
+                    },
+                )?;
+            }
+            Method::BasicCancel(m) => {
+                shared.lock().basic_cancel(key, &m.consumer_tag)?;
+                if !m.nowait {
+                    out.method(
+                        n,
+                        BasicCancelOk {
+                            consumer_tag: m.consumer_tag,
+                        },
+                    );
+                }
+            }
+            Method::BasicPublish(m) => {
+                if m.immediate {
+                    return Err(Close::new(reply::NOT_IMPLEMENTED, "immediate=true"));
+                }
+                self.pending = Some(Pending {
+                    publish: m,
+                    header: None,
+                    body: BytesMut::new(),
+                    first_body: None,
+                });
+            }
+            Method::BasicGet(m) => match shared.lock().basic_get(key, &m.queue, m.no_ack)? {
+                Some(got) => {
+                    let ok = BasicGetOk {
+                        delivery_tag: got.delivery_tag,
+                        redelivered: got.redelivered,
+                        exchange: got.message.exchange.clone(),
+                        routing_key: got.message.routing_key.clone(),
+                        message_count: got.message_count,
+                    };
+                    out.send_msg(WriterMsg::Content(n, ok.into(), got.message));
+                }
+                None => out.method(
+                    n,
+                    BasicGetEmpty {
+                        cluster_id: ShortStr::EMPTY,
+                    },
+                ),
+            },
+            Method::BasicAck(m) => self.settle(ctx, m.delivery_tag, m.multiple, Settlement::Ack)?,
+            Method::BasicReject(m) => {
+                self.settle(ctx, m.delivery_tag, false, requeue_or_discard(m.requeue))?
+            }
+            Method::BasicNack(m) => self.settle(
+                ctx,
+                m.delivery_tag,
+                m.multiple,
+                requeue_or_discard(m.requeue),
+            )?,
+            Method::BasicRecover(m) => {
+                shared.lock().basic_recover(key, m.requeue)?;
+                out.method(n, BasicRecoverOk {});
+            }
+            Method::BasicRecoverAsync(m) => shared.lock().basic_recover(key, m.requeue)?,
+            Method::ConfirmSelect(m) => {
+                if self.tx.is_some() {
+                    return Err(Close::new(
+                        reply::PRECONDITION_FAILED,
+                        "cannot switch from tx to confirm mode",
+                    ));
+                }
+                self.confirm.get_or_insert(0);
+                if !m.nowait {
+                    out.method(n, ConfirmSelectOk {});
+                }
+            }
+            Method::TxSelect(_) => {
+                if self.confirm.is_some() {
+                    return Err(Close::new(
+                        reply::PRECONDITION_FAILED,
+                        "cannot switch from confirm to tx mode",
+                    ));
+                }
+                self.tx.get_or_insert_with(Vec::new);
+                out.method(n, TxSelectOk {});
+            }
+            Method::TxCommit(_) => {
+                let Some(ops) = self.tx.replace(Vec::new()) else {
+                    return Err(Close::new(
+                        reply::PRECONDITION_FAILED,
+                        "channel is not transactional",
+                    ));
+                };
+                self.tx = None;
+                let result = ops.into_iter().try_for_each(|op| match op {
+                    TxOp::Publish(message, mandatory) => self.publish(ctx, message, mandatory),
+                    TxOp::Settle(tag, multiple, how) => self.settle(ctx, tag, multiple, how),
+                });
+                self.tx = Some(Vec::new());
+                result?;
+                out.method(n, TxCommitOk {});
+            }
+            Method::TxRollback(_) => {
+                let Some(ops) = &mut self.tx else {
+                    return Err(Close::new(
+                        reply::PRECONDITION_FAILED,
+                        "channel is not transactional",
+                    ));
+                };
+                ops.clear();
+                out.method(n, TxRollbackOk {});
+            }
+            other => {
+                return Err(Close::new(
+                    reply::COMMAND_INVALID,
+                    format!("{} is not valid on channel {n} from a client", other.name()),
+                ));
+            }
+        }
+        Ok(After::Continue)
+    }
+}
+
+fn requeue_or_discard(requeue: bool) -> Settlement {
+    if requeue {
+        Settlement::Requeue
+    } else {
+        Settlement::Discard
+    }
+}

@@ -1,0 +1,107 @@
+//! Server settings, with defaults that run without a config file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A user allowed to connect.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct User {
+    /// Login name.
+    pub name: String,
+    /// Password.
+    pub password: String,
+}
+
+/// Server settings. Every limit has RabbitMQ's default unless noted.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// AMQP listener address.
+    pub amqp_listen: SocketAddr,
+    /// HTTP listener address.
+    pub http_listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Largest frame the server accepts and proposes (bytes, framing included).
+    pub frame_max: u32,
+    /// Highest channel number a connection may open.
+    pub channel_max: u16,
+    /// Heartbeat interval proposed to clients, in seconds (0 disables).
+    pub heartbeat: u16,
+    /// Largest message body accepted, in bytes.
+    pub max_message_size: u64,
+    /// How long a client has to complete the handshake.
+    #[serde(with = "millis")]
+    pub handshake_timeout: Duration,
+    /// Users. `guest` may only connect from loopback addresses, as in RabbitMQ.
+    pub users: Vec<User>,
+}
+
+mod millis {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            amqp_listen: SocketAddr::from(([127, 0, 0, 1], 5672)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 15672)),
+            data_dir: PathBuf::from("postroom-data"),
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat: 60,
+            max_message_size: 16 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            users: vec![User {
+                name: "guest".into(),
+                password: "guest".into(),
+            }],
+        }
+    }
+}
+
+/// A setting that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid setting {field}: {reason}")]
+pub struct ConfigError {
+    /// The setting.
+    pub field: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+impl ServerConfig {
+    /// Checks the settings, failing on the first that cannot work.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |field, reason: &str| {
+            Err(ConfigError {
+                field,
+                reason: reason.into(),
+            })
+        };
+        if self.frame_max < postroom_amqp::constants::FRAME_MIN_SIZE {
+            return fail("frame_max", "must be at least 4096");
+        }
+        if self.channel_max == 0 {
+            return fail("channel_max", "must be at least 1");
+        }
+        if self.max_message_size == 0 || self.max_message_size > 512 * 1024 * 1024 {
+            return fail("max_message_size", "must be between 1 byte and 512 MiB");
+        }
+        if self.users.is_empty() {
+            return fail("users", "at least one user is needed");
+        }
+        Ok(())
+    }
+}

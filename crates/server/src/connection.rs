@@ -1,0 +1,507 @@
+//! One client connection: the handshake, the frame loop, heartbeats and clean-up.
+//!
+//! The reader task (this module) owns the connection's channels and is the only one to touch
+//! them; the writer task ([`crate::writer`]) owns the socket's write half. A protocol error
+//! closes this connection only; the broker is told when the connection goes, however it
+//! goes (close, error, EOF, heartbeat timeout), so its unacked messages are requeued and
+//! its exclusive queues deleted.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use postroom_amqp::constants::{FRAME_MIN_SIZE, PROTOCOL_HEADER, reply};
+use postroom_amqp::frame::{self, check_protocol_header};
+use postroom_amqp::method::*;
+use postroom_amqp::{DecodeError, FieldTable, FieldValue, Frame, LongStr, Method, ShortStr};
+use postroom_core::{ChannelKey, ConnectionId};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::{mpsc, watch};
+
+use crate::Shared;
+use crate::auth;
+use crate::channel::Channel;
+use crate::reply::{Close, Scope};
+use crate::writer::{self, WriterHandle, WriterMsg};
+
+/// How long to wait for `connection.close-ok` after the server closes a connection.
+const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why the frame loop ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// The peer went away or a read failed.
+    Gone,
+    /// The client closed the connection (close-ok already sent).
+    ClosedByClient,
+    /// The server must close the connection with this error.
+    Close(Close, u16, u16),
+}
+
+impl From<std::io::Error> for End {
+    fn from(_: std::io::Error) -> End {
+        End::Gone
+    }
+}
+
+/// Connection-wide values negotiated in the handshake, shared with its channels.
+pub(crate) struct Context {
+    pub shared: Arc<Shared>,
+    pub out: WriterHandle,
+    pub id: ConnectionId,
+    pub user: ShortStr,
+}
+
+impl Context {
+    pub fn key(&self, channel: u16) -> ChannelKey {
+        ChannelKey {
+            connection: self.id,
+            channel,
+        }
+    }
+}
+
+struct Reader {
+    socket: OwnedReadHalf,
+    buf: BytesMut,
+    frame_max: u32,
+    /// Close the connection if nothing arrives for this long (twice the heartbeat).
+    idle_timeout: Option<Duration>,
+}
+
+impl Reader {
+    async fn fill(&mut self) -> Result<(), End> {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(64 * 1024);
+        }
+        let read = self.socket.read_buf(&mut self.buf);
+        let n = match self.idle_timeout {
+            Some(limit) => match tokio::time::timeout(limit, read).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    tracing::warn!("missed heartbeats from client, closing connection");
+                    return Err(End::Gone);
+                }
+            },
+            None => read.await?,
+        };
+        if n == 0 { Err(End::Gone) } else { Ok(()) }
+    }
+
+    /// Reads the next frame. Cancellation-safe: bytes read stay buffered.
+    async fn frame(&mut self) -> Result<Frame, End> {
+        loop {
+            match frame::check(&self.buf, self.frame_max) {
+                Ok(len) => {
+                    let bytes = self.buf.split_to(len).freeze();
+                    return Frame::parse(bytes).map_err(decode_close);
+                }
+                Err(DecodeError::Incomplete) => self.fill().await?,
+                Err(e) => return Err(decode_close(e)),
+            }
+        }
+    }
+
+    async fn method(&mut self) -> Result<Method, End> {
+        loop {
+            match self.frame().await? {
+                Frame::Heartbeat => continue,
+                Frame::Method { channel: 0, method } => return Ok(method),
+                _ => {
+                    return Err(End::Close(
+                        Close::new(reply::COMMAND_INVALID, "expected a connection method"),
+                        0,
+                        0,
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn decode_close(error: DecodeError) -> End {
+    let (class_id, method_id) = match error {
+        DecodeError::UnknownMethod {
+            class_id,
+            method_id,
+        } => (class_id, method_id),
+        _ => (0, 0),
+    };
+    End::Close(Close::new(error.reply_code(), error), class_id, method_id)
+}
+
+fn server_properties() -> FieldTable {
+    let mut capabilities = FieldTable::new();
+    for name in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "consumer_priorities",
+        "authentication_failure_close",
+        "per_consumer_qos",
+        "direct_reply_to",
+    ] {
+        capabilities.insert(name, true);
+    }
+    let mut props = FieldTable::new();
+    props.insert("product", "Postroom");
+    props.insert("version", env!("CARGO_PKG_VERSION"));
+    props.insert("platform", "Rust");
+    props.insert("copyright", "Postroom developers");
+    props.insert(
+        "information",
+        "AMQP 0-9-1 broker with native Enterprise Integration Patterns",
+    );
+    props.insert("capabilities", FieldValue::Table(capabilities));
+    props
+}
+
+/// Serves one accepted socket to the end.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = socket.set_nodelay(true);
+    let (read, write) = socket.into_split();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let frame_max = Arc::new(AtomicU32::new(shared.config.frame_max));
+    let writer = tokio::spawn(writer::run(write, rx, frame_max.clone()));
+    let out = WriterHandle(tx);
+    let mut reader = Reader {
+        socket: read,
+        buf: BytesMut::with_capacity(64 * 1024),
+        frame_max: shared.config.frame_max,
+        idle_timeout: None,
+    };
+    let mut id = None;
+    let end = run(
+        &shared,
+        &out,
+        &mut reader,
+        peer,
+        &frame_max,
+        &mut id,
+        shutdown,
+    )
+    .await;
+    if let End::Close(close, class_id, method_id) = end {
+        tracing::info!(%peer, code = close.code, text = %close.text, "closing connection");
+        out.method(
+            0,
+            ConnectionClose {
+                reply_code: close.code,
+                reply_text: close.text.into(),
+                class_id,
+                method_id,
+            },
+        );
+        // Wait briefly for close-ok so the client reads the close before the socket goes.
+        let _ = tokio::time::timeout(CLOSE_OK_TIMEOUT, async {
+            loop {
+                match reader.frame().await {
+                    Ok(Frame::Method {
+                        method: Method::ConnectionCloseOk(_),
+                        ..
+                    })
+                    | Err(_) => break,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+    }
+    if let Some(id) = id {
+        shared.lock().close_connection(id);
+    }
+    drop(out);
+    let _ = tokio::time::timeout(CLOSE_OK_TIMEOUT, writer).await;
+}
+
+async fn run(
+    shared: &Arc<Shared>,
+    out: &WriterHandle,
+    reader: &mut Reader,
+    peer: SocketAddr,
+    frame_max_shared: &AtomicU32,
+    id_slot: &mut Option<ConnectionId>,
+    mut shutdown: watch::Receiver<bool>,
+) -> End {
+    let config = &shared.config;
+    let handshake = async {
+        loop {
+            match check_protocol_header(&reader.buf) {
+                Ok(()) => break,
+                Err(DecodeError::Incomplete) => reader.fill().await?,
+                Err(_) => {
+                    // Spec 4.2.2: answer a bad header with ours, then close.
+                    out.send_msg(WriterMsg::Raw(bytes::Bytes::from_static(&PROTOCOL_HEADER)));
+                    return Err(End::Gone);
+                }
+            }
+        }
+        let _ = reader.buf.split_to(PROTOCOL_HEADER.len());
+        out.method(
+            0,
+            ConnectionStart {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: server_properties(),
+                mechanisms: LongStr::from(auth::MECHANISMS),
+                locales: LongStr::from("en_US"),
+            },
+        );
+        let Method::ConnectionStartOk(start_ok) = reader.method().await? else {
+            return Err(End::Close(
+                Close::new(reply::COMMAND_INVALID, "expected connection.start-ok"),
+                10,
+                11,
+            ));
+        };
+        let creds = auth::credentials(&start_ok.mechanism, start_ok.response.as_bytes());
+        let user = match creds {
+            Some((user, password))
+                if auth::authenticate(&config.users, &user, &password, peer.ip()) =>
+            {
+                user
+            }
+            _ => {
+                let text = format!(
+                    "Login was refused using authentication mechanism {}. For details see the broker logfile.",
+                    start_ok.mechanism
+                );
+                tracing::warn!(%peer, "authentication failed");
+                return Err(End::Close(Close::new(reply::ACCESS_REFUSED, text), 10, 11));
+            }
+        };
+        out.method(
+            0,
+            ConnectionTune {
+                channel_max: config.channel_max,
+                frame_max: config.frame_max,
+                heartbeat: config.heartbeat,
+            },
+        );
+        let Method::ConnectionTuneOk(tune) = reader.method().await? else {
+            return Err(End::Close(
+                Close::new(reply::COMMAND_INVALID, "expected connection.tune-ok"),
+                10,
+                31,
+            ));
+        };
+        let frame_max = match tune.frame_max {
+            0 => config.frame_max,
+            n if n < FRAME_MIN_SIZE || n > config.frame_max => {
+                let text = format!(
+                    "frame_max={n} outside {FRAME_MIN_SIZE}..={}",
+                    config.frame_max
+                );
+                return Err(End::Close(Close::new(reply::SYNTAX_ERROR, text), 10, 31));
+            }
+            n => n,
+        };
+        let channel_max = match tune.channel_max {
+            0 => config.channel_max,
+            n => n.min(config.channel_max),
+        };
+        Ok::<_, End>((user, frame_max, channel_max, tune.heartbeat))
+    };
+    let (user, frame_max, channel_max, heartbeat) =
+        match tokio::time::timeout(config.handshake_timeout, handshake).await {
+            Ok(Ok(values)) => values,
+            Ok(Err(end)) => return end,
+            Err(_) => return End::Gone,
+        };
+    reader.frame_max = frame_max;
+    frame_max_shared.store(frame_max, Ordering::Relaxed);
+    if heartbeat > 0 {
+        let interval = Duration::from_secs(heartbeat.into());
+        reader.idle_timeout = Some(interval * 2);
+        spawn_heartbeats(out, interval / 2);
+    }
+    let open = match reader.method().await {
+        Ok(Method::ConnectionOpen(open)) => open,
+        Ok(_) => {
+            return End::Close(
+                Close::new(reply::COMMAND_INVALID, "expected connection.open"),
+                10,
+                40,
+            );
+        }
+        Err(end) => return end,
+    };
+    let opened = shared
+        .lock()
+        .open_connection(&open.virtual_host, &user, Arc::new(out.clone()));
+    let id = match opened {
+        Ok(id) => id,
+        Err(e) => return End::Close(Close::from_error(&e), 10, 40),
+    };
+    *id_slot = Some(id);
+    out.method(
+        0,
+        ConnectionOpenOk {
+            known_hosts: ShortStr::EMPTY,
+        },
+    );
+    tracing::debug!(%peer, id, "connection open");
+    let ctx = Context {
+        shared: shared.clone(),
+        out: out.clone(),
+        id,
+        user: user.into(),
+    };
+    let mut channels: HashMap<u16, Channel> = HashMap::new();
+    loop {
+        let frame = tokio::select! {
+            frame = reader.frame() => frame,
+            _ = shutdown.changed() => {
+                let close = Close::new(reply::CONNECTION_FORCED, "broker forced connection closure with reason 'shutdown'");
+                return End::Close(close, 0, 0);
+            }
+        };
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(end) => return end,
+        };
+        if let Err(end) = handle_frame(&ctx, &mut channels, channel_max, frame) {
+            return end;
+        }
+    }
+}
+
+/// Sends a heartbeat every `every` until the connection's writer goes away. Holds only a
+/// weak sender so that it never keeps the writer alive.
+fn spawn_heartbeats(out: &WriterHandle, every: Duration) {
+    let weak = out.0.downgrade();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every.max(Duration::from_millis(500)));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match weak.upgrade() {
+                Some(tx) if tx.send(WriterMsg::Heartbeat).is_ok() => {}
+                _ => break,
+            }
+        }
+    });
+}
+
+fn handle_frame(
+    ctx: &Context,
+    channels: &mut HashMap<u16, Channel>,
+    channel_max: u16,
+    frame: Frame,
+) -> Result<(), End> {
+    let number = match &frame {
+        Frame::Heartbeat => return Ok(()),
+        Frame::Method { channel, .. }
+        | Frame::Header { channel, .. }
+        | Frame::Body { channel, .. } => *channel,
+    };
+    if number == 0 {
+        return match frame {
+            Frame::Method {
+                method: Method::ConnectionClose(_),
+                ..
+            } => {
+                ctx.out.method(0, ConnectionCloseOk {});
+                Err(End::ClosedByClient)
+            }
+            Frame::Method {
+                method: Method::ConnectionUpdateSecret(_),
+                ..
+            } => {
+                ctx.out.method(0, ConnectionUpdateSecretOk {});
+                Ok(())
+            }
+            Frame::Method {
+                method: Method::ConnectionBlocked(_) | Method::ConnectionUnblocked(_),
+                ..
+            } => Ok(()),
+            Frame::Method { method, .. } => Err(End::Close(
+                Close::new(
+                    reply::COMMAND_INVALID,
+                    format!("unexpected {} on channel 0", method.name()),
+                ),
+                method.class_id(),
+                method.method_id(),
+            )),
+            _ => Err(End::Close(
+                Close::new(reply::UNEXPECTED_FRAME, "content frame on channel 0"),
+                0,
+                0,
+            )),
+        };
+    }
+    match channels.get_mut(&number) {
+        Some(channel) => {
+            let outcome = channel.handle(ctx, frame);
+            match outcome {
+                Ok(crate::channel::After::Continue) => Ok(()),
+                Ok(crate::channel::After::Remove) => {
+                    channels.remove(&number);
+                    Ok(())
+                }
+                Err((close, class_id, method_id)) => match close.scope {
+                    Scope::Connection => Err(End::Close(close, class_id, method_id)),
+                    Scope::Channel => {
+                        channel.close_with(ctx, close, class_id, method_id);
+                        Ok(())
+                    }
+                },
+            }
+        }
+        None => match frame {
+            Frame::Method {
+                method: Method::ChannelOpen(_),
+                ..
+            } => {
+                if number > channel_max {
+                    let text = format!("channel {number} exceeds channel_max {channel_max}");
+                    return Err(End::Close(Close::new(reply::CHANNEL_ERROR, text), 20, 10));
+                }
+                ctx.shared
+                    .lock()
+                    .open_channel(ctx.key(number))
+                    .map_err(|e| End::Close(e.into(), 20, 10))?;
+                channels.insert(number, Channel::new(number));
+                ctx.out.method(
+                    number,
+                    ChannelOpenOk {
+                        channel_id: LongStr::default(),
+                    },
+                );
+                Ok(())
+            }
+            // A close-ok for a channel we already forgot, or frames racing our close: ignore.
+            Frame::Method {
+                method: Method::ChannelCloseOk(_),
+                ..
+            } => Ok(()),
+            Frame::Method {
+                method: Method::ChannelClose(_),
+                ..
+            } => {
+                ctx.out.method(number, ChannelCloseOk {});
+                Ok(())
+            }
+            _ => Err(End::Close(
+                Close::new(
+                    reply::CHANNEL_ERROR,
+                    format!("expected 'channel.open' on channel {number}"),
+                ),
+                0,
+                0,
+            )),
+        },
+    }
+}

@@ -1,0 +1,129 @@
+//! Binding the listeners, accepting connections, and shutting down.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use postroom_core::Broker;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::{ConfigError, ServerConfig};
+use crate::{Shared, connection, http};
+
+/// How long shutdown waits for connections to close before dropping them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A setting is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running broker. Dropping it without [`Server::shutdown`] leaves its tasks running
+/// until the runtime ends.
+pub struct Server {
+    amqp_addr: SocketAddr,
+    http_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Validates the settings, binds both listeners and starts accepting.
+    ///
+    /// # Errors
+    /// [`ServerError`] for invalid settings or an address that cannot be bound.
+    pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        config.validate()?;
+        let bind = |addr: SocketAddr| async move {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| ServerError::Bind { addr, source })?;
+            Ok::<_, ServerError>((listener, bound))
+        };
+        let (amqp, amqp_addr) = bind(config.amqp_listen).await?;
+        let (http, http_addr) = bind(config.http_listen).await?;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        let shared = Arc::new(Shared {
+            broker: Mutex::new(Broker::new(seed)),
+            config,
+        });
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(http::serve(http, stopped.clone()));
+        let accept = tokio::spawn(accept_loop(shared, amqp, stopped));
+        Ok(Server {
+            amqp_addr,
+            http_addr,
+            stop,
+            accept,
+        })
+    }
+
+    /// The bound AMQP address (with the real port when port 0 was asked for).
+    pub fn amqp_addr(&self) -> SocketAddr {
+        self.amqp_addr
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Stops accepting, closes every connection with `CONNECTION_FORCED` and waits (up to a
+    /// grace period) for them to finish.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.accept.await;
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    connections.spawn(connection::serve(shared.clone(), socket, peer, stopped.clone()));
+                }
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = stopped.changed() => break,
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    });
+    if drained.await.is_err() {
+        connections.abort_all();
+    }
+}
