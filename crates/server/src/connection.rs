@@ -465,9 +465,10 @@ fn handle_frame(
                 method: Method::ChannelOpen(_),
                 ..
             } => {
-                if number > channel_max {
-                    let text = format!("channel {number} exceeds channel_max {channel_max}");
-                    return Err(End::Close(Close::new(reply::CHANNEL_ERROR, text), 20, 10));
+                // Matches RabbitMQ: the limit is on the number of open channels.
+                if channels.len() >= usize::from(channel_max) {
+                    let text = format!("number of channels opened ({}) has reached the negotiated channel_max ({channel_max})", channels.len());
+                    return Err(End::Close(Close::new(reply::NOT_ALLOWED, text), 20, 10));
                 }
                 ctx.shared
                     .lock()
