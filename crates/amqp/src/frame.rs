@@ -34,12 +34,7 @@ impl ContentHeader {
     /// A header for `properties`, encoding them once.
     pub fn new(body_size: u64, properties: BasicProperties) -> ContentHeader {
         let raw_properties = properties.to_bytes();
-        ContentHeader {
-            class_id: CLASS_BASIC,
-            body_size,
-            properties,
-            raw_properties,
-        }
+        ContentHeader { class_id: CLASS_BASIC, body_size, properties, raw_properties }
     }
 }
 
@@ -107,11 +102,7 @@ pub fn check_protocol_header(buf: &[u8]) -> Result<(), DecodeError> {
         }
         return Err(DecodeError::Incomplete);
     }
-    if buf[..8] == PROTOCOL_HEADER {
-        Ok(())
-    } else {
-        Err(DecodeError::BadProtocolHeader)
-    }
+    if buf[..8] == PROTOCOL_HEADER { Ok(()) } else { Err(DecodeError::BadProtocolHeader) }
 }
 
 impl Frame {
@@ -124,10 +115,7 @@ impl Frame {
         let channel = u16::from_be_bytes([frame[1], frame[2]]);
         let payload = frame.slice(7..frame.len() - 1);
         match kind {
-            FRAME_METHOD => Ok(Frame::Method {
-                channel,
-                method: Method::decode(&payload)?,
-            }),
+            FRAME_METHOD => Ok(Frame::Method { channel, method: Method::decode(&payload)? }),
             FRAME_HEADER => {
                 let mut r = Reader::new(&payload);
                 let class_id = r.u16()?;
@@ -137,19 +125,12 @@ impl Frame {
                 let properties = BasicProperties::decode(&mut r)?;
                 Ok(Frame::Header {
                     channel,
-                    header: ContentHeader {
-                        class_id,
-                        body_size,
-                        properties,
-                        raw_properties,
-                    },
+                    header: ContentHeader { class_id, body_size, properties, raw_properties },
                 })
             }
             FRAME_BODY => Ok(Frame::Body { channel, payload }),
             FRAME_HEARTBEAT if channel == 0 => Ok(Frame::Heartbeat),
-            FRAME_HEARTBEAT => Err(DecodeError::Invalid(
-                "heartbeat frame on a non-zero channel",
-            )),
+            FRAME_HEARTBEAT => Err(DecodeError::Invalid("heartbeat frame on a non-zero channel")),
             other => Err(DecodeError::UnknownFrameType(other)),
         }
     }

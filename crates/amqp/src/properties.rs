@@ -62,11 +62,7 @@ impl BasicProperties {
         let has = |bit: u16| flags & bit != 0;
         let mut p = BasicProperties::default();
         let short = |r: &mut Reader<'_>, bit| -> Result<Option<ShortStr>, DecodeError> {
-            if has(bit) {
-                r.short_str().map(Some)
-            } else {
-                Ok(None)
-            }
+            if has(bit) { r.short_str().map(Some) } else { Ok(None) }
         };
         p.content_type = short(r, CONTENT_TYPE)?;
         p.content_encoding = short(r, CONTENT_ENCODING)?;

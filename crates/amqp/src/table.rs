@@ -134,10 +134,7 @@ impl FieldValue {
             b'l' => FieldValue::I64(r.u64()? as i64),
             b'f' => FieldValue::F32(f32::from_bits(r.u32()?)),
             b'd' => FieldValue::F64(f64::from_bits(r.u64()?)),
-            b'D' => FieldValue::Decimal(Decimal {
-                scale: r.u8()?,
-                value: r.u32()?,
-            }),
+            b'D' => FieldValue::Decimal(Decimal { scale: r.u8()?, value: r.u32()? }),
             b'S' => FieldValue::LongStr(r.long_str()?),
             b'x' => FieldValue::Bytes(r.long_str()?.0),
             b'A' => {

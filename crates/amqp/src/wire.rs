@@ -74,11 +74,7 @@ impl From<&str> for ShortStr {
 
 impl From<String> for ShortStr {
     fn from(s: String) -> Self {
-        if s.len() <= 255 {
-            ShortStr(Bytes::from(s))
-        } else {
-            ShortStr::from(s.as_str())
-        }
+        if s.len() <= 255 { ShortStr(Bytes::from(s)) } else { ShortStr::from(s.as_str()) }
     }
 }
 
@@ -168,12 +164,7 @@ pub struct Reader<'a> {
 impl<'a> Reader<'a> {
     /// A reader at the start of `data`.
     pub fn new(data: &'a Bytes) -> Reader<'a> {
-        Reader {
-            data,
-            pos: 0,
-            bit_byte: 0,
-            bit_pos: 8,
-        }
+        Reader { data, pos: 0, bit_byte: 0, bit_pos: 8 }
     }
 
     /// Bytes not yet read.
@@ -183,14 +174,8 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
         self.bit_pos = 8;
-        let end = self
-            .pos
-            .checked_add(n)
-            .ok_or(DecodeError::Truncated(what))?;
-        let slice = self
-            .data
-            .get(self.pos..end)
-            .ok_or(DecodeError::Truncated(what))?;
+        let end = self.pos.checked_add(n).ok_or(DecodeError::Truncated(what))?;
+        let slice = self.data.get(self.pos..end).ok_or(DecodeError::Truncated(what))?;
         self.pos = end;
         Ok(slice)
     }
@@ -267,11 +252,7 @@ pub struct Writer<'a> {
 impl<'a> Writer<'a> {
     /// A writer appending to `buf`.
     pub fn new(buf: &'a mut BytesMut) -> Writer<'a> {
-        Writer {
-            buf,
-            bit_index: None,
-            bit_pos: 0,
-        }
+        Writer { buf, bit_index: None, bit_pos: 0 }
     }
 
     /// The buffer written to.

@@ -42,6 +42,16 @@ struct ServeArgs {
     /// TOML config file; flags and environment variables override it
     #[arg(long, env = "POSTROOM_CONFIG")]
     config: Option<PathBuf>,
+    /// When persistent messages become durable: fsync (confirm after fsync), interval:<ms>,
+    /// or none [default: fsync]
+    #[arg(long, env = "POSTROOM_DURABILITY")]
+    durability: Option<String>,
+    /// Journal segment size in bytes [default: 67108864]
+    #[arg(long, env = "POSTROOM_SEGMENT_SIZE")]
+    segment_size: Option<u64>,
+    /// Start even if a journal segment is damaged inside, skipping the damaged records
+    #[arg(long, env = "POSTROOM_RECOVER_SKIP_CORRUPT")]
+    recover_skip_corrupt: bool,
     /// Log level or filter (error, warn, info, debug, trace, or a tracing filter)
     #[arg(long, env = "POSTROOM_LOG", default_value = "info")]
     log: String,
@@ -66,6 +76,17 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     if let Some(dir) = &args.data_dir {
         config.data_dir = dir.clone();
     }
+    if let Some(durability) = &args.durability {
+        config.durability = durability.parse().map_err(anyhow::Error::msg)?;
+    }
+    if let Some(size) = args.segment_size {
+        config.segment_size = size;
+    }
+    config.recover_skip_corrupt |= args.recover_skip_corrupt;
+    // Fault injection for the fault tests; deliberately not a documented flag.
+    if let Ok(spec) = std::env::var("POSTROOM_FAILPOINTS") {
+        config.faults = spec.parse().map_err(anyhow::Error::msg)?;
+    }
     config.validate()?;
     Ok(config)
 }
@@ -84,11 +105,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     // The machine-readable ready line on stdout: tests and scripts wait for it to learn the
     // ports (listen addresses may ask for port 0).
-    println!(
-        "postroom ready amqp={} http={}",
-        server.amqp_addr(),
-        server.http_addr()
-    );
+    println!("postroom ready amqp={} http={}", server.amqp_addr(), server.http_addr());
     wait_for_signal().await?;
     tracing::info!("shutting down");
     server.shutdown().await;
@@ -114,11 +131,10 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("invalid --log value {:?}", args.log))?;
             tracing_subscriber::fmt()
                 .with_env_filter(filter)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_writer(std::io::stderr)
                 .init();
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(serve(args))
         }
     }

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use postroom_amqp::ShortStr;
+use postroom_store::{QueueId, Store};
 
 use crate::ConnectionId;
 use crate::error::{BrokerError, Result};
@@ -21,12 +22,15 @@ pub struct Broker {
     pub(crate) connections: HashMap<ConnectionId, ConnectionState>,
     next_connection: ConnectionId,
     rng: u64,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) next_queue_id: QueueId,
 }
 
 impl Broker {
-    /// A broker with the default virtual host `/`. `seed` drives generated names
-    /// (`amq.gen-…`, `amq.ctag-…`), so a test can make them reproducible.
-    pub fn new(seed: u64) -> Broker {
+    /// A broker with the default virtual host `/`, persisting through `store`. `seed`
+    /// drives generated names (`amq.gen-…`, `amq.ctag-…`), so a test can make them
+    /// reproducible. Call [`Broker::restore`] next to bring back what the store holds.
+    pub fn new(seed: u64, store: Arc<dyn Store>) -> Broker {
         let mut vhosts = HashMap::new();
         let default = VHost::new("/");
         vhosts.insert(default.name.clone(), default);
@@ -35,7 +39,14 @@ impl Broker {
             connections: HashMap::new(),
             next_connection: 1,
             rng: seed | 1,
+            store,
+            next_queue_id: 1,
         }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// The virtual host `name`, if it exists.
@@ -45,9 +56,7 @@ impl Broker {
 
     /// Adds a virtual host (no-op if it exists).
     pub fn add_vhost(&mut self, name: &str) {
-        self.vhosts
-            .entry(name.into())
-            .or_insert_with(|| VHost::new(name));
+        self.vhosts.entry(name.into()).or_insert_with(|| VHost::new(name));
     }
 
     /// Registers a connection that opened `vhost` as `user`.
@@ -84,10 +93,7 @@ impl Broker {
         let vhost = state.vhost.clone();
         let channels: Vec<u16> = state.channels.keys().copied().collect();
         for channel in channels {
-            self.close_channel(ChannelKey {
-                connection,
-                channel,
-            });
+            self.close_channel(ChannelKey { connection, channel });
         }
         self.connections.remove(&connection);
         if let Some(v) = self.vhosts.get(&vhost) {
@@ -115,9 +121,7 @@ impl Broker {
                 key.channel
             )));
         }
-        connection
-            .channels
-            .insert(key.channel, ChannelState::default());
+        connection.channels.insert(key.channel, ChannelState::default());
         Ok(())
     }
 
@@ -140,9 +144,7 @@ impl Broker {
 
     /// Whether the connection exists and has `channel` open.
     pub fn has_channel(&self, key: ChannelKey) -> bool {
-        self.connections
-            .get(&key.connection)
-            .is_some_and(|c| c.channels.contains_key(&key.channel))
+        self.connections.get(&key.connection).is_some_and(|c| c.channels.contains_key(&key.channel))
     }
 
     pub(crate) fn connection_mut(&mut self, id: ConnectionId) -> Result<&mut ConnectionState> {
@@ -152,32 +154,24 @@ impl Broker {
     }
 
     pub(crate) fn channel_mut(&mut self, key: ChannelKey) -> Result<&mut ChannelState> {
-        self.connection_mut(key.connection)?
-            .channels
-            .get_mut(&key.channel)
-            .ok_or_else(|| {
-                BrokerError::CommandInvalid(format!("channel {} is not open", key.channel))
-            })
+        self.connection_mut(key.connection)?.channels.get_mut(&key.channel).ok_or_else(|| {
+            BrokerError::CommandInvalid(format!("channel {} is not open", key.channel))
+        })
     }
 
     /// The virtual host name of a connection.
     pub(crate) fn vhost_of(&self, connection: ConnectionId) -> Result<ShortStr> {
-        self.connections
-            .get(&connection)
-            .map(|c| c.vhost.clone())
-            .ok_or_else(|| {
-                BrokerError::CommandInvalid(format!("connection {connection} is not open"))
-            })
+        self.connections.get(&connection).map(|c| c.vhost.clone()).ok_or_else(|| {
+            BrokerError::CommandInvalid(format!("connection {connection} is not open"))
+        })
     }
 
     pub(crate) fn vhost_mut(&mut self, name: &str) -> Result<&mut VHost> {
-        self.vhosts
-            .get_mut(name)
-            .ok_or_else(|| BrokerError::NotFound {
-                kind: "vhost",
-                name: name.into(),
-                vhost: name.into(),
-            })
+        self.vhosts.get_mut(name).ok_or_else(|| BrokerError::NotFound {
+            kind: "vhost",
+            name: name.into(),
+            vhost: name.into(),
+        })
     }
 
     /// A random name with `prefix`, in RabbitMQ's style (`amq.gen-` + 22 URL-safe characters).

@@ -108,14 +108,7 @@ fn check_arguments(
     for key in keys {
         let (now, got) = (current.get(key), given.get(key));
         if !same_argument(now, got) {
-            return Err(inequivalent(
-                key,
-                kind,
-                name,
-                vhost,
-                describe(got),
-                describe(now),
-            ));
+            return Err(inequivalent(key, kind, name, vhost, describe(got), describe(now)));
         }
     }
     Ok(())
@@ -163,21 +156,9 @@ impl Broker {
                 }
             };
             check("type", existing.kind.as_str(), kind.as_str())?;
-            check(
-                "durable",
-                &existing.durable.to_string(),
-                &spec.durable.to_string(),
-            )?;
-            check(
-                "auto_delete",
-                &existing.auto_delete.to_string(),
-                &spec.auto_delete.to_string(),
-            )?;
-            check(
-                "internal",
-                &existing.internal.to_string(),
-                &spec.internal.to_string(),
-            )?;
+            check("durable", &existing.durable.to_string(), &spec.durable.to_string())?;
+            check("auto_delete", &existing.auto_delete.to_string(), &spec.auto_delete.to_string())?;
+            check("internal", &existing.internal.to_string(), &spec.internal.to_string())?;
             return check_arguments(
                 &[exchange::ALTERNATE_EXCHANGE],
                 &existing.arguments,
@@ -201,7 +182,12 @@ impl Broker {
             spec.internal,
             spec.arguments,
         );
-        vhost.exchanges.insert(exchange.name.clone(), exchange);
+        let (name, durable) = (exchange.name.clone(), exchange.durable);
+        vhost.exchanges.insert(name.clone(), exchange);
+        if durable && let Err(e) = self.save_definitions() {
+            self.vhost_mut(&vhost_name)?.exchanges.remove(&name);
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -231,7 +217,11 @@ impl Broker {
                 "exchange '{name}' in vhost '{vhost_name}' in use"
             )));
         }
+        let durable = exchange.durable;
         vhost.delete_exchange(name);
+        if durable {
+            self.save_definitions()?;
+        }
         Ok(())
     }
 
@@ -253,18 +243,18 @@ impl Broker {
         let vhost_name = self.vhost_of(connection)?;
         let vhost = self.vhost_mut(&vhost_name)?;
         check_binding_ends(vhost, connection, source, &destination)?;
+        let persisted = crate::persist::binding_is_persisted(vhost, source, &destination);
         let Some(exchange) = vhost.exchanges.get_mut(source) else {
             return Err(BrokerError::exchange_not_found(source, &vhost_name));
         };
-        if exchange
-            .bindings
-            .iter()
-            .any(|b| b.is(&destination, &routing_key, &arguments))
-        {
+        if exchange.bindings.iter().any(|b| b.is(&destination, &routing_key, &arguments)) {
             return Ok(());
         }
         let binding = Binding::new(exchange.kind, destination, routing_key, arguments)?;
         exchange.bindings.push(binding);
+        if persisted {
+            self.save_definitions()?;
+        }
         Ok(())
     }
 
@@ -283,16 +273,18 @@ impl Broker {
         let vhost_name = self.vhost_of(connection)?;
         let vhost = self.vhost_mut(&vhost_name)?;
         check_binding_ends(vhost, connection, source, &destination)?;
+        let persisted = crate::persist::binding_is_persisted(vhost, source, &destination);
         let Some(exchange) = vhost.exchanges.get_mut(source) else {
             return Ok(());
         };
         let before = exchange.bindings.len();
-        exchange
-            .bindings
-            .retain(|b| !b.is(&destination, routing_key, arguments));
-        if before != exchange.bindings.len() && exchange.bindings.is_empty() && exchange.auto_delete
-        {
+        exchange.bindings.retain(|b| !b.is(&destination, routing_key, arguments));
+        let removed = before != exchange.bindings.len();
+        if removed && exchange.bindings.is_empty() && exchange.auto_delete {
             vhost.delete_exchange(source);
+        }
+        if removed && persisted {
+            self.save_definitions()?;
         }
         Ok(())
     }
@@ -336,19 +328,19 @@ impl Broker {
             )));
         }
         let owner = spec.exclusive.then_some(connection);
-        let queue = Queue::new(
-            name.clone(),
-            spec.durable,
-            owner,
-            spec.auto_delete,
-            spec.arguments,
-        );
-        vhost.queues.insert(name.clone(), queue);
-        Ok(QueueDeclared {
-            name,
-            message_count: 0,
-            consumer_count: 0,
-        })
+        let mut queue =
+            Queue::new(name.clone(), spec.durable, owner, spec.auto_delete, spec.arguments);
+        let persisted = spec.durable && !spec.exclusive;
+        if persisted {
+            queue.store_id = Some(self.next_queue_id);
+            self.next_queue_id += 1;
+        }
+        self.vhost_mut(&vhost_name)?.queues.insert(name.clone(), queue);
+        if persisted && let Err(e) = self.save_definitions() {
+            self.vhost_mut(&vhost_name)?.queues.remove(&name);
+            return Err(e);
+        }
+        Ok(QueueDeclared { name, message_count: 0, consumer_count: 0 })
     }
 
     /// `queue.purge`: removes the ready messages, returning how many.
@@ -361,7 +353,12 @@ impl Broker {
         if !queue.accessible_by(connection) {
             return Err(BrokerError::locked(name, &vhost_name));
         }
-        Ok(queue.purge())
+        let store_id = queue.store_id;
+        let (count, stored) = queue.purge();
+        if let Some(id) = store_id {
+            self.store.ack(id, &stored).map_err(|e| BrokerError::StoreFailed(e.to_string()))?;
+        }
+        Ok(count)
     }
 
     /// `queue.delete`, returning the number of ready messages deleted. A missing queue
@@ -408,6 +405,21 @@ impl Broker {
             return 0;
         };
         vhost.remove_bindings_to(&Destination::Queue(queue.name.clone()));
+        if let Some(id) = queue.store_id {
+            // Release its messages, ready and unacked alike; an ack arriving later for an
+            // unacked one then has nothing left to release.
+            let mut stored: Vec<_> = queue.ready.iter().filter_map(|m| m.stored).collect();
+            for connection in self.connections.values_mut() {
+                for channel in connection.channels.values_mut() {
+                    for unacked in channel.unacked.values_mut().filter(|u| u.queue == queue.name) {
+                        stored.extend(unacked.message.stored.take());
+                    }
+                }
+            }
+            // On failure the references stay; recovery releases them (their queue is gone).
+            let _ = self.store.ack(id, &stored);
+            let _ = self.save_definitions();
+        }
         for consumer in &queue.consumers {
             let Some(connection) = self.connections.get_mut(&consumer.channel.connection) else {
                 continue;
@@ -432,11 +444,7 @@ impl Broker {
         channel: ChannelKey,
         tag: &str,
     ) {
-        let Some(q) = self
-            .vhosts
-            .get_mut(vhost)
-            .and_then(|v| v.queues.get_mut(queue))
-        else {
+        let Some(q) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else {
             return;
         };
         q.remove_consumer(channel, tag);

@@ -11,6 +11,7 @@ use crate::error::{BrokerError, Result};
 use crate::message::{Message, QueuedMessage};
 use crate::queue::{Consumer, Queue};
 use crate::session::{ChannelKey, ConnectionState, Outbound, Unacked};
+use postroom_store::{Lsn, QueueId, Seq, Store};
 
 /// The pseudo-queue and reply-to address of direct reply-to (RabbitMQ's name).
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -22,6 +23,22 @@ pub enum RouteResult {
     Routed(usize),
     /// No queue took it.
     Unroutable,
+}
+
+/// The answer to a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Where it went.
+    pub route: RouteResult,
+    /// The store position that must be durable before the publish may be confirmed;
+    /// `None` when nothing was persisted (a transient message, or no durable queue).
+    pub durable_at: Option<Lsn>,
+}
+
+impl Published {
+    fn transient(route: RouteResult) -> Published {
+        Published { route, durable_at: None }
+    }
 }
 
 /// How deliveries are settled.
@@ -50,21 +67,23 @@ pub struct Got {
 
 /// Delivers ready messages of `queue` to consumers with credit, round-robin, until either
 /// runs out.
-fn dispatch(queue: &mut Queue, connections: &mut HashMap<ConnectionId, ConnectionState>) {
+fn dispatch(
+    queue: &mut Queue,
+    connections: &mut HashMap<ConnectionId, ConnectionState>,
+    store: &dyn Store,
+) {
     while !queue.ready.is_empty() && !queue.consumers.is_empty() {
         let count = queue.consumers.len();
-        let chosen = (0..count)
-            .map(|step| (queue.next_consumer + step) % count)
-            .find(|&i| {
-                let consumer = &queue.consumers[i];
-                let has_own_credit = consumer.prefetch_count == 0
-                    || consumer.unacked < consumer.prefetch_count.into();
-                has_own_credit
-                    && connections
-                        .get(&consumer.channel.connection)
-                        .and_then(|c| c.channels.get(&consumer.channel.channel))
-                        .is_some_and(|ch| ch.has_credit())
-            });
+        let chosen = (0..count).map(|step| (queue.next_consumer + step) % count).find(|&i| {
+            let consumer = &queue.consumers[i];
+            let has_own_credit =
+                consumer.prefetch_count == 0 || consumer.unacked < consumer.prefetch_count.into();
+            has_own_credit
+                && connections
+                    .get(&consumer.channel.connection)
+                    .and_then(|c| c.channels.get(&consumer.channel.channel))
+                    .is_some_and(|ch| ch.has_credit())
+        });
         let Some(index) = chosen else { break };
         let Some(message) = queue.ready.pop_front() else {
             break;
@@ -85,6 +104,15 @@ fn dispatch(queue: &mut Queue, connections: &mut HashMap<ConnectionId, Connectio
             redelivered: message.redelivered,
             message: message.message.clone(),
         };
+        if let (Some(id), Some(seq)) = (queue.store_id, message.stored) {
+            if consumer.no_ack {
+                // Settled on send. A failed store means it may come back after a restart:
+                // at-least-once, never lost.
+                let _ = store.ack(id, &[seq]);
+            } else if !message.redelivered {
+                store.delivered(id, seq);
+            }
+        }
         if !consumer.no_ack {
             consumer.unacked += 1;
             channel.consumer_unacked += 1;
@@ -102,12 +130,8 @@ fn dispatch(queue: &mut Queue, connections: &mut HashMap<ConnectionId, Connectio
 impl Broker {
     /// Runs delivery for one queue (after anything that may have made room).
     pub fn dispatch(&mut self, vhost: &str, queue: &str) {
-        if let Some(q) = self
-            .vhosts
-            .get_mut(vhost)
-            .and_then(|v| v.queues.get_mut(queue))
-        {
-            dispatch(q, &mut self.connections);
+        if let Some(q) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) {
+            dispatch(q, &mut self.connections, &*self.store);
         }
     }
 
@@ -133,7 +157,7 @@ impl Broker {
     /// # Errors
     /// `NotFound` for a missing exchange, `AccessRefused` for an internal one,
     /// `PreconditionFailed` for a direct reply-to request without a reply consumer.
-    pub fn publish(&mut self, key: ChannelKey, mut message: Message) -> Result<RouteResult> {
+    pub fn publish(&mut self, key: ChannelKey, mut message: Message) -> Result<Published> {
         let vhost_name = self.vhost_of(key.connection)?;
         if message.properties.reply_to.as_deref() == Some(DIRECT_REPLY_TO) {
             let channel = self.channel_mut(key)?;
@@ -147,12 +171,10 @@ impl Broker {
             message = message.with_properties(properties);
         }
         if message.exchange.is_empty() && message.routing_key.starts_with(DIRECT_REPLY_TO) {
-            return Ok(self.deliver_reply(message));
+            return Ok(Published::transient(self.deliver_reply(message)));
         }
         let Some(vhost) = self.vhosts.get_mut(&vhost_name) else {
-            return Err(BrokerError::NotAllowed(format!(
-                "vhost {vhost_name} not found"
-            )));
+            return Err(BrokerError::NotAllowed(format!("vhost {vhost_name} not found")));
         };
         let exchange = vhost.exchange(&message.exchange)?;
         if exchange.internal {
@@ -169,29 +191,46 @@ impl Broker {
             &mut targets,
         )?;
         if targets.is_empty() {
-            return Ok(RouteResult::Unroutable);
+            return Ok(Published::transient(RouteResult::Unroutable));
         }
+        // A persistent message is written once, referenced by every durable queue it reached.
+        let mut stored_in: Vec<QueueId> = Vec::new();
+        if message.is_persistent() {
+            stored_in.extend(
+                targets.iter().filter_map(|name| vhost.queues.get(name).and_then(|q| q.store_id)),
+            );
+        }
+        let stored = if stored_in.is_empty() {
+            None
+        } else {
+            let appended = self.store.append(&stored_in, &message.encode());
+            Some(appended.map_err(|e| BrokerError::StoreFailed(e.to_string()))?)
+        };
         let message = Arc::new(message);
         for name in &targets {
             if let Some(queue) = vhost.queues.get_mut(name) {
-                queue.ready.push_back(QueuedMessage::new(message.clone()));
-                dispatch(queue, &mut self.connections);
+                let mut entry = QueuedMessage::new(message.clone());
+                if queue.store_id.is_some() {
+                    entry.stored = stored.map(|(seq, _)| seq);
+                }
+                queue.ready.push_back(entry);
+                dispatch(queue, &mut self.connections, &*self.store);
             }
         }
-        Ok(RouteResult::Routed(targets.len()))
+        Ok(Published {
+            route: RouteResult::Routed(targets.len()),
+            durable_at: stored.map(|(_, lsn)| lsn),
+        })
     }
 
     /// Delivers a reply addressed `amq.rabbitmq.reply-to.<connection>.<channel>.<secret>`
     /// straight to the requester's reply consumer; unknown or stale addresses are unroutable.
     fn deliver_reply(&mut self, message: Message) -> RouteResult {
         let address = message.routing_key.clone();
-        let mut parts = address[DIRECT_REPLY_TO.len()..]
-            .trim_start_matches('.')
-            .splitn(3, '.');
-        let (Some(Ok(connection)), Some(Ok(channel))) = (
-            parts.next().map(str::parse::<ConnectionId>),
-            parts.next().map(str::parse::<u16>),
-        ) else {
+        let mut parts = address[DIRECT_REPLY_TO.len()..].trim_start_matches('.').splitn(3, '.');
+        let (Some(Ok(connection)), Some(Ok(channel))) =
+            (parts.next().map(str::parse::<ConnectionId>), parts.next().map(str::parse::<u16>))
+        else {
             return RouteResult::Unroutable;
         };
         let Some(state) = self.connections.get_mut(&connection) else {
@@ -234,15 +273,9 @@ impl Broker {
         on_ok: impl FnOnce(&ShortStr),
     ) -> Result<()> {
         let vhost_name = self.vhost_of(key.connection)?;
-        let tag = if tag.is_empty() {
-            self.generate_name("amq.ctag-")
-        } else {
-            tag
-        };
+        let tag = if tag.is_empty() { self.generate_name("amq.ctag-") } else { tag };
         if self.channel_mut(key)?.consumers.contains_key(&tag) {
-            return Err(BrokerError::NotAllowed(format!(
-                "attempt to reuse consumer tag '{tag}'"
-            )));
+            return Err(BrokerError::NotAllowed(format!("attempt to reuse consumer tag '{tag}'")));
         }
         if queue == DIRECT_REPLY_TO {
             return self.consume_replies(key, tag, no_ack, on_ok);
@@ -267,9 +300,7 @@ impl Broker {
         });
         q.had_consumers = true;
         let queue_name = q.name.clone();
-        self.channel_mut(key)?
-            .consumers
-            .insert(tag.clone(), queue_name.clone());
+        self.channel_mut(key)?.consumers.insert(tag.clone(), queue_name.clone());
         on_ok(&tag);
         self.dispatch(&vhost_name, &queue_name);
         Ok(())
@@ -290,18 +321,11 @@ impl Broker {
         let secret = self.next_random();
         let channel = self.channel_mut(key)?;
         if channel.reply_to.is_some() {
-            return Err(BrokerError::PreconditionFailed(
-                "reply consumer already set".into(),
-            ));
+            return Err(BrokerError::PreconditionFailed("reply consumer already set".into()));
         }
-        let address = format!(
-            "{DIRECT_REPLY_TO}.{}.{}.{secret:016x}",
-            key.connection, key.channel
-        );
+        let address = format!("{DIRECT_REPLY_TO}.{}.{}.{secret:016x}", key.connection, key.channel);
         channel.reply_to = Some((tag.clone(), address.into()));
-        channel
-            .consumers
-            .insert(tag.clone(), DIRECT_REPLY_TO.into());
+        channel.consumers.insert(tag.clone(), DIRECT_REPLY_TO.into());
         on_ok(&tag);
         Ok(())
     }
@@ -368,6 +392,13 @@ impl Broker {
         };
         let message_count = q.message_count();
         let queue_name = q.name.clone();
+        if let (Some(id), Some(seq)) = (q.store_id, message.stored) {
+            if no_ack {
+                let _ = self.store.ack(id, &[seq]);
+            } else if !message.redelivered {
+                self.store.delivered(id, seq);
+            }
+        }
         let channel = self.channel_mut(key)?;
         let delivery_tag = channel.next_delivery_tag();
         let got = Got {
@@ -377,14 +408,9 @@ impl Broker {
             message_count,
         };
         if !no_ack {
-            channel.unacked.insert(
-                delivery_tag,
-                Unacked {
-                    queue: queue_name,
-                    message,
-                    consumer: None,
-                },
-            );
+            channel
+                .unacked
+                .insert(delivery_tag, Unacked { queue: queue_name, message, consumer: None });
         }
         Ok(Some(got))
     }
@@ -404,23 +430,17 @@ impl Broker {
         let vhost = self.vhost_of(key.connection)?;
         let channel = self.channel_mut(key)?;
         let Some(settled) = channel.take_unacked(tag, multiple) else {
-            return Err(BrokerError::PreconditionFailed(format!(
-                "unknown delivery tag {tag}"
-            )));
+            return Err(BrokerError::PreconditionFailed(format!("unknown delivery tag {tag}")));
         };
         let consumer_settled = settled.iter().filter(|(_, u)| u.consumer.is_some()).count();
-        channel.consumer_unacked = channel
-            .consumer_unacked
-            .saturating_sub(consumer_settled as u32);
+        channel.consumer_unacked = channel.consumer_unacked.saturating_sub(consumer_settled as u32);
         let global_credit = channel.channel_prefetch != 0;
         let v = self.vhost_mut(&vhost)?;
         let mut touched: Vec<ShortStr> = Vec::new();
         for (_, unacked) in &settled {
             if let (Some(tag), Some(queue)) = (&unacked.consumer, v.queues.get_mut(&unacked.queue))
-                && let Some(c) = queue
-                    .consumers
-                    .iter_mut()
-                    .find(|c| c.channel == key && c.tag == *tag)
+                && let Some(c) =
+                    queue.consumers.iter_mut().find(|c| c.channel == key && c.tag == *tag)
             {
                 c.unacked = c.unacked.saturating_sub(1);
             }
@@ -429,7 +449,7 @@ impl Broker {
             }
         }
         match how {
-            Settlement::Ack | Settlement::Discard => {}
+            Settlement::Ack | Settlement::Discard => self.release(&vhost, &settled),
             Settlement::Requeue => self.requeue(&vhost, settled.into_iter().map(|(_, u)| u)),
         }
         for queue in &touched {
@@ -439,6 +459,26 @@ impl Broker {
             self.dispatch_channel_queues(key);
         }
         Ok(())
+    }
+
+    /// Tells the store that settled messages are no longer referenced by their queues,
+    /// one ack record per queue.
+    fn release(&mut self, vhost: &str, settled: &[(u64, Unacked)]) {
+        let mut by_queue: Vec<(QueueId, Vec<Seq>)> = Vec::new();
+        let Some(v) = self.vhosts.get(vhost) else { return };
+        for (_, unacked) in settled {
+            let Some(seq) = unacked.message.stored else { continue };
+            let Some(id) = v.queues.get(&unacked.queue).and_then(|q| q.store_id) else { continue };
+            match by_queue.iter_mut().find(|(q, _)| *q == id) {
+                Some((_, seqs)) => seqs.push(seq),
+                None => by_queue.push((id, vec![seq])),
+            }
+        }
+        for (id, seqs) in by_queue {
+            // A failed store cannot record the ack: the message may return after a restart
+            // (at-least-once), which is the safe side.
+            let _ = self.store.ack(id, &seqs);
+        }
     }
 
     /// `basic.recover`: every unacked delivery of the channel goes back to its queue.
@@ -463,13 +503,9 @@ impl Broker {
             }
         }
         for (queue, messages) in by_queue {
-            if let Some(q) = self
-                .vhosts
-                .get_mut(vhost)
-                .and_then(|v| v.queues.get_mut(&queue))
-            {
+            if let Some(q) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(&queue)) {
                 q.requeue(messages.into_iter());
-                dispatch(q, &mut self.connections);
+                dispatch(q, &mut self.connections, &*self.store);
             }
         }
     }

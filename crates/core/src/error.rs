@@ -45,30 +45,22 @@ pub enum BrokerError {
     /// A feature the broker does not implement (connection-level).
     #[error("{0}")]
     NotImplemented(String),
+    /// The store failed to write; persistent messages cannot be accepted.
+    #[error("message store failed: {0}")]
+    StoreFailed(String),
 }
 
 impl BrokerError {
     pub(crate) fn queue_not_found(name: &str, vhost: &str) -> BrokerError {
-        BrokerError::NotFound {
-            kind: "queue",
-            name: name.into(),
-            vhost: vhost.into(),
-        }
+        BrokerError::NotFound { kind: "queue", name: name.into(), vhost: vhost.into() }
     }
 
     pub(crate) fn exchange_not_found(name: &str, vhost: &str) -> BrokerError {
-        BrokerError::NotFound {
-            kind: "exchange",
-            name: name.into(),
-            vhost: vhost.into(),
-        }
+        BrokerError::NotFound { kind: "exchange", name: name.into(), vhost: vhost.into() }
     }
 
     pub(crate) fn locked(queue: &str, vhost: &str) -> BrokerError {
-        BrokerError::ResourceLocked {
-            queue: queue.into(),
-            vhost: vhost.into(),
-        }
+        BrokerError::ResourceLocked { queue: queue.into(), vhost: vhost.into() }
     }
 }
 

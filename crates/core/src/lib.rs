@@ -15,6 +15,7 @@
 //! - [`session`]: channel delivery state, [`Outlet`] and [`Outbound`] events.
 //! - [`vhost`]: virtual hosts and routing across exchanges.
 //! - [`message`]: messages and their delivery history.
+//! - [`persist`]: durable definitions and messages across restarts.
 //! - [`error`]: [`BrokerError`].
 
 pub mod broker;
@@ -23,6 +24,7 @@ pub mod delivery;
 pub mod error;
 pub mod exchange;
 pub mod message;
+pub mod persist;
 pub mod queue;
 pub mod session;
 pub mod vhost;
@@ -32,8 +34,9 @@ pub type ConnectionId = u64;
 
 pub use broker::Broker;
 pub use definitions::{ExchangeSpec, QueueDeclared, QueueSpec};
-pub use delivery::{DIRECT_REPLY_TO, Got, RouteResult, Settlement};
+pub use delivery::{DIRECT_REPLY_TO, Got, Published, RouteResult, Settlement};
 pub use error::BrokerError;
 pub use exchange::{Destination, ExchangeKind};
 pub use message::{Message, QueuedMessage};
+pub use persist::RestoreSummary;
 pub use session::{ChannelKey, Outbound, Outlet};

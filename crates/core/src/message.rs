@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use postroom_amqp::{BasicProperties, ShortStr};
+use bytes::{BufMut, Bytes, BytesMut};
+use postroom_amqp::wire::Reader;
+use postroom_amqp::{BasicProperties, DecodeError, ShortStr};
+use postroom_store::Seq;
 
 /// A published message. Immutable once routed and shared by every queue it was routed to
 /// (`Arc<Message>`); a queue that must change a header (dead-lettering, direct reply-to)
@@ -31,23 +33,12 @@ impl Message {
         body: Bytes,
     ) -> Message {
         let raw_properties = properties.to_bytes();
-        Message {
-            exchange,
-            routing_key,
-            properties,
-            raw_properties,
-            body,
-        }
+        Message { exchange, routing_key, properties, raw_properties, body }
     }
 
     /// A copy with different properties (re-encoded).
     pub fn with_properties(&self, properties: BasicProperties) -> Message {
-        Message::new(
-            self.exchange.clone(),
-            self.routing_key.clone(),
-            properties,
-            self.body.clone(),
-        )
+        Message::new(self.exchange.clone(), self.routing_key.clone(), properties, self.body.clone())
     }
 
     /// Whether the publisher asked for persistence.
@@ -58,6 +49,41 @@ impl Message {
     /// Body size in bytes.
     pub fn size(&self) -> usize {
         self.body.len()
+    }
+
+    /// Encodes the message as the store keeps it: exchange, routing key, properties (as
+    /// received), body.
+    pub fn encode(&self) -> BytesMut {
+        let mut buf = BytesMut::with_capacity(
+            2 + self.exchange.len()
+                + self.routing_key.len()
+                + 4
+                + self.raw_properties.len()
+                + self.body.len(),
+        );
+        buf.put_u8(self.exchange.len() as u8);
+        buf.put_slice(self.exchange.as_bytes());
+        buf.put_u8(self.routing_key.len() as u8);
+        buf.put_slice(self.routing_key.as_bytes());
+        buf.put_u32(self.raw_properties.len() as u32);
+        buf.put_slice(&self.raw_properties);
+        buf.put_slice(&self.body);
+        buf
+    }
+
+    /// Decodes what [`Message::encode`] wrote. The body stays a slice of `data`.
+    ///
+    /// # Errors
+    /// A [`DecodeError`] if the bytes are not an encoded message.
+    pub fn decode(data: &Bytes) -> Result<Message, DecodeError> {
+        let mut r = Reader::new(data);
+        let exchange = r.short_str()?;
+        let routing_key = r.short_str()?;
+        let props_len = r.u32()? as usize;
+        let raw_properties = r.bytes(props_len, "properties")?;
+        let properties = BasicProperties::decode(&mut Reader::new(&raw_properties))?;
+        let body = r.bytes(r.remaining(), "body")?;
+        Ok(Message { exchange, routing_key, properties, raw_properties, body })
     }
 }
 
@@ -70,15 +96,13 @@ pub struct QueuedMessage {
     pub redelivered: bool,
     /// How many times it was delivered and then returned (requeued) to the queue.
     pub delivery_count: u32,
+    /// Its sequence number in the store, if it is persisted for this queue.
+    pub stored: Option<Seq>,
 }
 
 impl QueuedMessage {
     /// A message entering a queue for the first time.
     pub fn new(message: Arc<Message>) -> QueuedMessage {
-        QueuedMessage {
-            message,
-            redelivered: false,
-            delivery_count: 0,
-        }
+        QueuedMessage { message, redelivered: false, delivery_count: 0, stored: None }
     }
 }

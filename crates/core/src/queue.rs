@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 
 use postroom_amqp::{FieldTable, ShortStr};
+use postroom_store::{QueueId, Seq};
 
 use crate::ConnectionId;
 use crate::message::QueuedMessage;
@@ -64,6 +65,8 @@ pub struct Queue {
     pub next_consumer: usize,
     /// Whether it has ever had a consumer (auto-delete only applies after the first).
     pub had_consumers: bool,
+    /// Its id in the store, for durable queues (which persist persistent messages).
+    pub store_id: Option<QueueId>,
 }
 
 impl Queue {
@@ -85,6 +88,7 @@ impl Queue {
             consumers: Vec::new(),
             next_consumer: 0,
             had_consumers: false,
+            store_id: None,
         }
     }
 
@@ -116,10 +120,7 @@ impl Queue {
 
     /// Removes a consumer by channel and tag, returning it.
     pub fn remove_consumer(&mut self, channel: ChannelKey, tag: &str) -> Option<Consumer> {
-        let index = self
-            .consumers
-            .iter()
-            .position(|c| c.channel == channel && c.tag == tag)?;
+        let index = self.consumers.iter().position(|c| c.channel == channel && c.tag == tag)?;
         if index < self.next_consumer {
             self.next_consumer -= 1;
         }
@@ -135,10 +136,11 @@ impl Queue {
         self.auto_delete && self.had_consumers && self.consumers.is_empty()
     }
 
-    /// Removes every ready message, returning how many there were.
-    pub fn purge(&mut self) -> u32 {
+    /// Removes every ready message, returning how many there were and the store
+    /// sequence numbers to release.
+    pub fn purge(&mut self) -> (u32, Vec<Seq>) {
         let count = self.message_count();
-        self.ready.clear();
-        count
+        let stored = self.ready.drain(..).filter_map(|m| m.stored).collect();
+        (count, stored)
     }
 }

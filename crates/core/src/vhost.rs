@@ -40,11 +40,7 @@ impl VHost {
         for (name, kind) in PREDECLARED_EXCHANGES {
             add(name, *kind);
         }
-        VHost {
-            name: name.into(),
-            exchanges,
-            queues: HashMap::new(),
-        }
+        VHost { name: name.into(), exchanges, queues: HashMap::new() }
     }
 
     /// The exchange `name`.
@@ -52,9 +48,7 @@ impl VHost {
     /// # Errors
     /// `NotFound` if there is none.
     pub fn exchange(&self, name: &str) -> Result<&Exchange> {
-        self.exchanges
-            .get(name)
-            .ok_or_else(|| BrokerError::exchange_not_found(name, &self.name))
+        self.exchanges.get(name).ok_or_else(|| BrokerError::exchange_not_found(name, &self.name))
     }
 
     /// The queue `name`.
@@ -62,9 +56,7 @@ impl VHost {
     /// # Errors
     /// `NotFound` if there is none.
     pub fn queue(&self, name: &str) -> Result<&Queue> {
-        self.queues
-            .get(name)
-            .ok_or_else(|| BrokerError::queue_not_found(name, &self.name))
+        self.queues.get(name).ok_or_else(|| BrokerError::queue_not_found(name, &self.name))
     }
 
     /// The queue `name`, mutably.
@@ -73,9 +65,7 @@ impl VHost {
     /// `NotFound` if there is none.
     pub fn queue_mut(&mut self, name: &str) -> Result<&mut Queue> {
         let vhost = &self.name;
-        self.queues
-            .get_mut(name)
-            .ok_or_else(|| BrokerError::queue_not_found(name, vhost))
+        self.queues.get_mut(name).ok_or_else(|| BrokerError::queue_not_found(name, vhost))
     }
 
     /// Routes a message published to `exchange`, appending the names of the queues it
@@ -159,8 +149,6 @@ impl VHost {
 
     /// Whether any exchange has a binding to `destination`.
     pub fn has_bindings_to(&self, destination: &Destination) -> bool {
-        self.exchanges
-            .values()
-            .any(|x| x.bindings.iter().any(|b| b.destination == *destination))
+        self.exchanges.values().any(|x| x.bindings.iter().any(|b| b.destination == *destination))
     }
 }

@@ -21,10 +21,7 @@ pub fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)>
             let _authzid = parts.next()?;
             let user = std::str::from_utf8(parts.next()?).ok()?;
             let password = std::str::from_utf8(parts.next()?).ok()?;
-            parts
-                .next()
-                .is_none()
-                .then(|| (user.to_owned(), password.to_owned()))
+            parts.next().is_none().then(|| (user.to_owned(), password.to_owned()))
         }
         "AMQPLAIN" => {
             // A field table without its length prefix.
@@ -43,9 +40,7 @@ pub fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)>
 
 /// Whether `user` with `password` may log in from `peer`.
 pub fn authenticate(users: &[User], user: &str, password: &str, peer: IpAddr) -> bool {
-    let known = users
-        .iter()
-        .any(|u| u.name == user && u.password == password);
+    let known = users.iter().any(|u| u.name == user && u.password == password);
     known && (user != "guest" || peer.is_loopback())
 }
 
@@ -55,37 +50,16 @@ mod tests {
 
     #[test]
     fn plain_response_is_split_on_nul() {
-        assert_eq!(
-            credentials("PLAIN", b"\0guest\0pw"),
-            Some(("guest".into(), "pw".into()))
-        );
+        assert_eq!(credentials("PLAIN", b"\0guest\0pw"), Some(("guest".into(), "pw".into())));
         assert_eq!(credentials("PLAIN", b"guest"), None);
         assert_eq!(credentials("EXTERNAL", b""), None);
     }
 
     #[test]
     fn guest_is_refused_from_non_loopback() {
-        let users = [User {
-            name: "guest".into(),
-            password: "guest".into(),
-        }];
-        assert!(authenticate(
-            &users,
-            "guest",
-            "guest",
-            [127, 0, 0, 1].into()
-        ));
-        assert!(!authenticate(
-            &users,
-            "guest",
-            "guest",
-            [10, 0, 0, 1].into()
-        ));
-        assert!(!authenticate(
-            &users,
-            "guest",
-            "nope",
-            [127, 0, 0, 1].into()
-        ));
+        let users = [User { name: "guest".into(), password: "guest".into() }];
+        assert!(authenticate(&users, "guest", "guest", [127, 0, 0, 1].into()));
+        assert!(!authenticate(&users, "guest", "guest", [10, 0, 0, 1].into()));
+        assert!(!authenticate(&users, "guest", "nope", [127, 0, 0, 1].into()));
     }
 }

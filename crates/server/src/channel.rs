@@ -2,13 +2,17 @@
 //! confirms and transactions. Delivery state (tags, unacked, prefetch, consumers) lives in
 //! the broker; this is what only the connection needs.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use postroom_amqp::constants::{CLASS_BASIC, reply};
 use postroom_amqp::method::*;
 use postroom_amqp::{ContentHeader, Frame, Method, ShortStr};
-use postroom_core::{Destination, ExchangeSpec, Message, QueueSpec, RouteResult, Settlement};
+use postroom_core::{
+    BrokerError, Destination, ExchangeSpec, Message, QueueSpec, RouteResult, Settlement,
+};
+use postroom_store::{Lsn, Progress};
 
 use crate::connection::Context;
 use crate::reply::Close;
@@ -38,6 +42,15 @@ struct Pending {
     first_body: Option<Bytes>,
 }
 
+/// A reply that waits for the store.
+#[derive(Debug, Clone, Copy)]
+enum Waiting {
+    /// `basic.ack` for this publish sequence number.
+    Ack(u64),
+    /// `tx.commit-ok`.
+    CommitOk,
+}
+
 /// An operation held back until `tx.commit`.
 enum TxOp {
     Publish(Message, bool),
@@ -50,6 +63,8 @@ pub(crate) struct Channel {
     pending: Option<Pending>,
     /// Publisher confirms: the sequence number of the last publish, if confirm mode is on.
     confirm: Option<u64>,
+    /// Confirms and commit-oks waiting for the store, with the Lsn each waits for.
+    waiting: VecDeque<(Lsn, Waiting)>,
     tx: Option<Vec<TxOp>>,
 }
 
@@ -64,6 +79,7 @@ impl Channel {
             state: State::Open,
             pending: None,
             confirm: None,
+            waiting: VecDeque::new(),
             tx: None,
         }
     }
@@ -89,14 +105,8 @@ impl Channel {
     pub fn handle(&mut self, ctx: &Context, frame: Frame) -> Result<After, Fail> {
         if let State::Closing = self.state {
             return Ok(match frame {
-                Frame::Method {
-                    method: Method::ChannelCloseOk(_),
-                    ..
-                } => After::Remove,
-                Frame::Method {
-                    method: Method::ChannelClose(_),
-                    ..
-                } => {
+                Frame::Method { method: Method::ChannelCloseOk(_), .. } => After::Remove,
+                Frame::Method { method: Method::ChannelClose(_), .. } => {
                     ctx.out.method(self.number, ChannelCloseOk {});
                     After::Remove
                 }
@@ -117,8 +127,7 @@ impl Channel {
                     ));
                 }
                 let (class_id, method_id) = (method.class_id(), method.method_id());
-                self.method(ctx, method)
-                    .map_err(|close| (close, class_id, method_id))
+                self.method(ctx, method).map_err(|close| (close, class_id, method_id))
             }
             Frame::Header { header, .. } => self.content_header(ctx, header),
             Frame::Body { payload, .. } => self.content_body(ctx, payload),
@@ -128,12 +137,7 @@ impl Channel {
 
     fn content_header(&mut self, ctx: &Context, header: ContentHeader) -> Result<After, Fail> {
         let Some(pending) = self.pending.as_mut().filter(|p| p.header.is_none()) else {
-            return Err(fail(
-                reply::UNEXPECTED_FRAME,
-                "unexpected content header",
-                60,
-                40,
-            ));
+            return Err(fail(reply::UNEXPECTED_FRAME, "unexpected content header", 60, 40));
         };
         if header.class_id != CLASS_BASIC {
             return Err(fail(
@@ -162,12 +166,7 @@ impl Channel {
 
     fn content_body(&mut self, ctx: &Context, payload: Bytes) -> Result<After, Fail> {
         let Some(pending) = self.pending.as_mut() else {
-            return Err(fail(
-                reply::UNEXPECTED_FRAME,
-                "unexpected content body",
-                60,
-                40,
-            ));
+            return Err(fail(reply::UNEXPECTED_FRAME, "unexpected content body", 60, 40));
         };
         let Some(header) = &pending.header else {
             return Err(fail(
@@ -236,38 +235,89 @@ impl Channel {
             ops.push(TxOp::Publish(message, mandatory));
             return Ok(After::Continue);
         }
-        self.publish(ctx, message, mandatory)
-            .map_err(|close| (close, 60, 40))?;
-        if let Some(seq) = &mut self.confirm {
-            *seq += 1;
-            ctx.out.method(
-                self.number,
-                BasicAck {
-                    delivery_tag: *seq,
-                    multiple: false,
-                },
-            );
+        let published = self.publish(ctx, message, mandatory);
+        let Some(seq) = self.confirm.as_mut() else {
+            published.map_err(|e| (Close::from(e), 60, 40))?;
+            return Ok(After::Continue);
+        };
+        *seq += 1;
+        let seq = *seq;
+        match published {
+            Ok(durable_at) => self.confirm_when(ctx, durable_at.unwrap_or(0), Waiting::Ack(seq)),
+            // The message is not stored: say so, as the confirm contract asks.
+            Err(BrokerError::StoreFailed(_)) => {
+                self.flush_confirms(ctx, *ctx.progress.borrow())?;
+                let nack = BasicNack { delivery_tag: seq, multiple: false, requeue: false };
+                ctx.out.method(self.number, nack);
+                Ok(After::Continue)
+            }
+            Err(e) => Err((e.into(), 60, 40)),
         }
+    }
+
+    /// Sends `reply` once the store is durable up to `lsn` (at once if it already is),
+    /// keeping replies in order.
+    fn confirm_when(&mut self, ctx: &Context, lsn: Lsn, reply: Waiting) -> Result<After, Fail> {
+        self.waiting.push_back((lsn, reply));
+        self.flush_confirms(ctx, *ctx.progress.borrow())?;
         Ok(After::Continue)
     }
 
-    fn publish(&mut self, ctx: &Context, message: Message, mandatory: bool) -> Result<(), Close> {
+    /// Sends the confirms (and tx.commit-oks) that `progress` now covers: one
+    /// `basic.ack` with `multiple` for a run of them. If the store failed, the rest are
+    /// nacked (a commit cannot be honoured: that closes the connection).
+    pub fn flush_confirms(&mut self, ctx: &Context, progress: Progress) -> Result<(), Fail> {
+        let mut last_ack = None;
+        while let Some(&(lsn, reply)) = self.waiting.front() {
+            if lsn > progress.durable {
+                break;
+            }
+            self.waiting.pop_front();
+            match reply {
+                Waiting::Ack(seq) => last_ack = Some(seq),
+                Waiting::CommitOk => ctx.out.method(self.number, TxCommitOk {}),
+            }
+        }
+        if let Some(seq) = last_ack {
+            ctx.out.method(self.number, BasicAck { delivery_tag: seq, multiple: true });
+        }
+        if progress.failed {
+            for (_, reply) in self.waiting.drain(..) {
+                match reply {
+                    Waiting::Ack(seq) => {
+                        let nack = BasicNack { delivery_tag: seq, multiple: false, requeue: false };
+                        ctx.out.method(self.number, nack);
+                    }
+                    Waiting::CommitOk => {
+                        let text = "the message store failed; the transaction is not durable";
+                        return Err(fail(reply::INTERNAL_ERROR, text, 90, 20));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes, sending `basic.return` for an unroutable mandatory message, and returns
+    /// the store position the publish must wait for, if any.
+    fn publish(
+        &mut self,
+        ctx: &Context,
+        message: Message,
+        mandatory: bool,
+    ) -> Result<Option<Lsn>, BrokerError> {
         let returned = mandatory.then(|| message.clone());
-        let routed = ctx.shared.lock().publish(ctx.key(self.number), message)?;
-        if let (RouteResult::Unroutable, Some(message)) = (routed, returned) {
+        let published = ctx.shared.lock().publish(ctx.key(self.number), message)?;
+        if let (RouteResult::Unroutable, Some(message)) = (published.route, returned) {
             let ret = BasicReturn {
                 reply_code: reply::NO_ROUTE,
                 reply_text: ShortStr::from_static("NO_ROUTE"),
                 exchange: message.exchange.clone(),
                 routing_key: message.routing_key.clone(),
             };
-            ctx.out.send_msg(WriterMsg::Content(
-                self.number,
-                ret.into(),
-                Arc::new(message),
-            ));
+            ctx.out.send_msg(WriterMsg::Content(self.number, ret.into(), Arc::new(message)));
         }
-        Ok(())
+        Ok(published.durable_at)
     }
 
     fn settle(
@@ -276,15 +326,12 @@ impl Channel {
         tag: u64,
         multiple: bool,
         how: Settlement,
-    ) -> Result<(), Close> {
+    ) -> Result<(), BrokerError> {
         if let Some(ops) = &mut self.tx {
             ops.push(TxOp::Settle(tag, multiple, how));
             return Ok(());
         }
-        Ok(ctx
-            .shared
-            .lock()
-            .settle(ctx.key(self.number), tag, multiple, how)?)
+        ctx.shared.lock().settle(ctx.key(self.number), tag, multiple, how)
     }
 
     fn method(&mut self, ctx: &Context, method: Method) -> Result<After, Close> {
@@ -307,12 +354,7 @@ impl Channel {
             }
             Method::ChannelFlow(flow) => {
                 shared.lock().channel_flow(key, flow.active)?;
-                out.method(
-                    n,
-                    ChannelFlowOk {
-                        active: flow.active,
-                    },
-                );
+                out.method(n, ChannelFlowOk { active: flow.active });
             }
             Method::ChannelFlowOk(_) => {}
             Method::AccessRequest(_) => out.method(n, AccessRequestOk { ticket: 1 }),
@@ -332,18 +374,14 @@ impl Channel {
                 }
             }
             Method::ExchangeDelete(m) => {
-                shared
-                    .lock()
-                    .exchange_delete(ctx.id, &m.exchange, m.if_unused)?;
+                shared.lock().exchange_delete(ctx.id, &m.exchange, m.if_unused)?;
                 if !m.nowait {
                     out.method(n, ExchangeDeleteOk {});
                 }
             }
             Method::ExchangeBind(m) => {
                 let destination = Destination::Exchange(m.destination);
-                shared
-                    .lock()
-                    .bind(ctx.id, &m.source, destination, m.routing_key, m.arguments)?;
+                shared.lock().bind(ctx.id, &m.source, destination, m.routing_key, m.arguments)?;
                 if !m.nowait {
                     out.method(n, ExchangeBindOk {});
                 }
@@ -384,9 +422,7 @@ impl Channel {
             }
             Method::QueueBind(m) => {
                 let destination = Destination::Queue(m.queue);
-                shared
-                    .lock()
-                    .bind(ctx.id, &m.exchange, destination, m.routing_key, m.arguments)?;
+                shared.lock().bind(ctx.id, &m.exchange, destination, m.routing_key, m.arguments)?;
                 if !m.nowait {
                     out.method(n, QueueBindOk {});
                 }
@@ -410,9 +446,7 @@ impl Channel {
             }
             Method::QueueDelete(m) => {
                 let message_count =
-                    shared
-                        .lock()
-                        .queue_delete(ctx.id, &m.queue, m.if_unused, m.if_empty)?;
+                    shared.lock().queue_delete(ctx.id, &m.queue, m.if_unused, m.if_empty)?;
                 if !m.nowait {
                     out.method(n, QueueDeleteOk { message_count });
                 }
@@ -437,12 +471,7 @@ impl Channel {
                     m.exclusive,
                     |tag| {
                         if !nowait {
-                            out.method(
-                                n,
-                                BasicConsumeOk {
-                                    consumer_tag: tag.clone(),
-                                },
-                            );
+                            out.method(n, BasicConsumeOk { consumer_tag: tag.clone() });
                         }
                     },
                 )?;
@@ -450,12 +479,7 @@ impl Channel {
             Method::BasicCancel(m) => {
                 shared.lock().basic_cancel(key, &m.consumer_tag)?;
                 if !m.nowait {
-                    out.method(
-                        n,
-                        BasicCancelOk {
-                            consumer_tag: m.consumer_tag,
-                        },
-                    );
+                    out.method(n, BasicCancelOk { consumer_tag: m.consumer_tag });
                 }
             }
             Method::BasicPublish(m) => {
@@ -480,23 +504,15 @@ impl Channel {
                     };
                     out.send_msg(WriterMsg::Content(n, ok.into(), got.message));
                 }
-                None => out.method(
-                    n,
-                    BasicGetEmpty {
-                        cluster_id: ShortStr::EMPTY,
-                    },
-                ),
+                None => out.method(n, BasicGetEmpty { cluster_id: ShortStr::EMPTY }),
             },
             Method::BasicAck(m) => self.settle(ctx, m.delivery_tag, m.multiple, Settlement::Ack)?,
             Method::BasicReject(m) => {
                 self.settle(ctx, m.delivery_tag, false, requeue_or_discard(m.requeue))?
             }
-            Method::BasicNack(m) => self.settle(
-                ctx,
-                m.delivery_tag,
-                m.multiple,
-                requeue_or_discard(m.requeue),
-            )?,
+            Method::BasicNack(m) => {
+                self.settle(ctx, m.delivery_tag, m.multiple, requeue_or_discard(m.requeue))?
+            }
             Method::BasicRecover(m) => {
                 shared.lock().basic_recover(key, m.requeue)?;
                 out.method(n, BasicRecoverOk {});
@@ -532,13 +548,20 @@ impl Channel {
                     ));
                 };
                 self.tx = None;
+                let mut durable_at = 0;
                 let result = ops.into_iter().try_for_each(|op| match op {
-                    TxOp::Publish(message, mandatory) => self.publish(ctx, message, mandatory),
+                    TxOp::Publish(message, mandatory) => {
+                        let lsn = self.publish(ctx, message, mandatory)?;
+                        durable_at = durable_at.max(lsn.unwrap_or(0));
+                        Ok(())
+                    }
                     TxOp::Settle(tag, multiple, how) => self.settle(ctx, tag, multiple, how),
                 });
                 self.tx = Some(Vec::new());
-                result?;
-                out.method(n, TxCommitOk {});
+                result.map_err(Close::from)?;
+                // As RabbitMQ: commit-ok only once the transaction's messages are durable.
+                self.confirm_when(ctx, durable_at, Waiting::CommitOk)
+                    .map_err(|(close, ..)| close)?;
             }
             Method::TxRollback(_) => {
                 let Some(ops) = &mut self.tx else {
@@ -562,9 +585,5 @@ impl Channel {
 }
 
 fn requeue_or_discard(requeue: bool) -> Settlement {
-    if requeue {
-        Settlement::Requeue
-    } else {
-        Settlement::Discard
-    }
+    if requeue { Settlement::Requeue } else { Settlement::Discard }
 }

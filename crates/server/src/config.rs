@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use postroom_store::{Durability, Faults, StoreConfig};
+use serde::{Deserialize, Deserializer};
 
 /// A user allowed to connect.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -38,6 +39,24 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Users. `guest` may only connect from loopback addresses, as in RabbitMQ.
     pub users: Vec<User>,
+    /// When persistent messages are made durable: `fsync` (confirm after fsync, the
+    /// default), `interval:<ms>` or `none`.
+    #[serde(deserialize_with = "from_text")]
+    pub durability: Durability,
+    /// Journal segment size in bytes.
+    pub segment_size: u64,
+    /// Start even when a journal segment is damaged inside, skipping the damage.
+    pub recover_skip_corrupt: bool,
+    /// Injected store failures, for fault tests (`write:N,sync:M`); set from the
+    /// `POSTROOM_FAILPOINTS` environment variable, never from the config file.
+    #[serde(skip)]
+    pub faults: Faults,
+}
+
+fn from_text<'de, D: Deserializer<'de>, T: std::str::FromStr<Err = String>>(
+    d: D,
+) -> Result<T, D::Error> {
+    String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
 }
 
 mod millis {
@@ -60,10 +79,11 @@ impl Default for ServerConfig {
             heartbeat: 60,
             max_message_size: 16 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
-            users: vec![User {
-                name: "guest".into(),
-                password: "guest".into(),
-            }],
+            users: vec![User { name: "guest".into(), password: "guest".into() }],
+            durability: Durability::Fsync,
+            segment_size: 64 * 1024 * 1024,
+            recover_skip_corrupt: false,
+            faults: Faults::default(),
         }
     }
 }
@@ -84,12 +104,7 @@ impl ServerConfig {
     /// # Errors
     /// [`ConfigError`] naming the setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |field, reason: &str| {
-            Err(ConfigError {
-                field,
-                reason: reason.into(),
-            })
-        };
+        let fail = |field, reason: &str| Err(ConfigError { field, reason: reason.into() });
         if self.frame_max < postroom_amqp::constants::FRAME_MIN_SIZE {
             return fail("frame_max", "must be at least 4096");
         }
@@ -102,6 +117,18 @@ impl ServerConfig {
         if self.users.is_empty() {
             return fail("users", "at least one user is needed");
         }
-        Ok(())
+        self.store_config()
+            .validate()
+            .map_err(|reason| ConfigError { field: "segment_size", reason })
+    }
+
+    /// The store's settings.
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            durability: self.durability,
+            segment_size: self.segment_size,
+            recover_skip_corrupt: self.recover_skip_corrupt,
+            faults: self.faults,
+        }
     }
 }

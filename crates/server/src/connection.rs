@@ -55,14 +55,13 @@ pub(crate) struct Context {
     pub out: WriterHandle,
     pub id: ConnectionId,
     pub user: ShortStr,
+    /// The store's durability progress, read when a confirm may be due.
+    pub progress: watch::Receiver<postroom_store::Progress>,
 }
 
 impl Context {
     pub fn key(&self, channel: u16) -> ChannelKey {
-        ChannelKey {
-            connection: self.id,
-            channel,
-        }
+        ChannelKey { connection: self.id, channel }
     }
 }
 
@@ -126,10 +125,7 @@ impl Reader {
 
 fn decode_close(error: DecodeError) -> End {
     let (class_id, method_id) = match error {
-        DecodeError::UnknownMethod {
-            class_id,
-            method_id,
-        } => (class_id, method_id),
+        DecodeError::UnknownMethod { class_id, method_id } => (class_id, method_id),
         _ => (0, 0),
     };
     End::Close(Close::new(error.reply_code(), error), class_id, method_id)
@@ -155,10 +151,7 @@ fn server_properties() -> FieldTable {
     props.insert("version", env!("CARGO_PKG_VERSION"));
     props.insert("platform", "Rust");
     props.insert("copyright", "Postroom developers");
-    props.insert(
-        "information",
-        "AMQP 0-9-1 broker with native Enterprise Integration Patterns",
-    );
+    props.insert("information", "AMQP 0-9-1 broker with native Enterprise Integration Patterns");
     props.insert("capabilities", FieldValue::Table(capabilities));
     props
 }
@@ -183,16 +176,7 @@ pub(crate) async fn serve(
         idle_timeout: None,
     };
     let mut id = None;
-    let end = run(
-        &shared,
-        &out,
-        &mut reader,
-        peer,
-        &frame_max,
-        &mut id,
-        shutdown,
-    )
-    .await;
+    let end = run(&shared, &out, &mut reader, peer, &frame_max, &mut id, shutdown).await;
     if let End::Close(close, class_id, method_id) = end {
         tracing::info!(%peer, code = close.code, text = %close.text, "closing connection");
         out.method(
@@ -208,11 +192,9 @@ pub(crate) async fn serve(
         let _ = tokio::time::timeout(CLOSE_OK_TIMEOUT, async {
             loop {
                 match reader.frame().await {
-                    Ok(Frame::Method {
-                        method: Method::ConnectionCloseOk(_),
-                        ..
-                    })
-                    | Err(_) => break,
+                    Ok(Frame::Method { method: Method::ConnectionCloseOk(_), .. }) | Err(_) => {
+                        break;
+                    }
                     Ok(_) => continue,
                 }
             }
@@ -300,10 +282,7 @@ async fn run(
         let frame_max = match tune.frame_max {
             0 => config.frame_max,
             n if n < FRAME_MIN_SIZE || n > config.frame_max => {
-                let text = format!(
-                    "frame_max={n} outside {FRAME_MIN_SIZE}..={}",
-                    config.frame_max
-                );
+                let text = format!("frame_max={n} outside {FRAME_MIN_SIZE}..={}", config.frame_max);
                 return Err(End::Close(Close::new(reply::SYNTAX_ERROR, text), 10, 31));
             }
             n => n,
@@ -338,31 +317,41 @@ async fn run(
         }
         Err(end) => return end,
     };
-    let opened = shared
-        .lock()
-        .open_connection(&open.virtual_host, &user, Arc::new(out.clone()));
+    let opened = shared.lock().open_connection(&open.virtual_host, &user, Arc::new(out.clone()));
     let id = match opened {
         Ok(id) => id,
         Err(e) => return End::Close(Close::from_error(&e), 10, 40),
     };
     *id_slot = Some(id);
-    out.method(
-        0,
-        ConnectionOpenOk {
-            known_hosts: ShortStr::EMPTY,
-        },
-    );
+    out.method(0, ConnectionOpenOk { known_hosts: ShortStr::EMPTY });
     tracing::debug!(%peer, id, "connection open");
     let ctx = Context {
         shared: shared.clone(),
         out: out.clone(),
         id,
         user: user.into(),
+        progress: shared.store.progress(),
     };
+    let mut progress = shared.store.progress();
+    let mut progress_live = true;
     let mut channels: HashMap<u16, Channel> = HashMap::new();
     loop {
         let frame = tokio::select! {
             frame = reader.frame() => frame,
+            changed = progress.changed(), if progress_live => {
+                if changed.is_err() {
+                    // The store is gone (shutdown): no more confirms will come from it.
+                    progress_live = false;
+                    continue;
+                }
+                let now = *progress.borrow_and_update();
+                for channel in channels.values_mut() {
+                    if let Err((close, class_id, method_id)) = channel.flush_confirms(&ctx, now) {
+                        return End::Close(close, class_id, method_id);
+                    }
+                }
+                continue;
+            }
             _ = shutdown.changed() => {
                 let close = Close::new(reply::CONNECTION_FORCED, "broker forced connection closure with reason 'shutdown'");
                 return End::Close(close, 0, 0);
@@ -409,17 +398,11 @@ fn handle_frame(
     };
     if number == 0 {
         return match frame {
-            Frame::Method {
-                method: Method::ConnectionClose(_),
-                ..
-            } => {
+            Frame::Method { method: Method::ConnectionClose(_), .. } => {
                 ctx.out.method(0, ConnectionCloseOk {});
                 Err(End::ClosedByClient)
             }
-            Frame::Method {
-                method: Method::ConnectionUpdateSecret(_),
-                ..
-            } => {
+            Frame::Method { method: Method::ConnectionUpdateSecret(_), .. } => {
                 ctx.out.method(0, ConnectionUpdateSecretOk {});
                 Ok(())
             }
@@ -461,13 +444,13 @@ fn handle_frame(
             }
         }
         None => match frame {
-            Frame::Method {
-                method: Method::ChannelOpen(_),
-                ..
-            } => {
+            Frame::Method { method: Method::ChannelOpen(_), .. } => {
                 // Matches RabbitMQ: the limit is on the number of open channels.
                 if channels.len() >= usize::from(channel_max) {
-                    let text = format!("number of channels opened ({}) has reached the negotiated channel_max ({channel_max})", channels.len());
+                    let text = format!(
+                        "number of channels opened ({}) has reached the negotiated channel_max ({channel_max})",
+                        channels.len()
+                    );
                     return Err(End::Close(Close::new(reply::NOT_ALLOWED, text), 20, 10));
                 }
                 ctx.shared
@@ -475,23 +458,12 @@ fn handle_frame(
                     .open_channel(ctx.key(number))
                     .map_err(|e| End::Close(e.into(), 20, 10))?;
                 channels.insert(number, Channel::new(number));
-                ctx.out.method(
-                    number,
-                    ChannelOpenOk {
-                        channel_id: LongStr::default(),
-                    },
-                );
+                ctx.out.method(number, ChannelOpenOk { channel_id: LongStr::default() });
                 Ok(())
             }
             // A close-ok for a channel we already forgot, or frames racing our close: ignore.
-            Frame::Method {
-                method: Method::ChannelCloseOk(_),
-                ..
-            } => Ok(()),
-            Frame::Method {
-                method: Method::ChannelClose(_),
-                ..
-            } => {
+            Frame::Method { method: Method::ChannelCloseOk(_), .. } => Ok(()),
+            Frame::Method { method: Method::ChannelClose(_), .. } => {
                 ctx.out.method(number, ChannelCloseOk {});
                 Ok(())
             }

@@ -29,10 +29,7 @@ async fn respond(mut socket: TcpStream) {
     let path = request.split_whitespace().nth(1).unwrap_or("");
     let (status, body) = match path {
         "/health" => ("200 OK", r#"{"status":"ok"}"#.to_string()),
-        _ => (
-            "404 Not Found",
-            format!(r#"{{"error":"not_found","reason":"no route {path:?}"}}"#),
-        ),
+        _ => ("404 Not Found", format!(r#"{{"error":"not_found","reason":"no route {path:?}"}}"#)),
     };
     let response = format!(
         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",

@@ -37,14 +37,13 @@ pub use server::{Server, ServerError};
 pub(crate) struct Shared {
     broker: Mutex<Broker>,
     config: ServerConfig,
+    store: std::sync::Arc<dyn postroom_store::Store>,
 }
 
 impl Shared {
     /// Locks the broker. A panic while it was held (a bug) must not take every other
     /// connection down with it, so a poisoned lock is used as it is.
     fn lock(&self) -> MutexGuard<'_, Broker> {
-        self.broker
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.broker.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

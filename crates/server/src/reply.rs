@@ -58,11 +58,7 @@ impl Close {
             c if c < 500 => Scope::Channel,
             _ => Scope::Connection,
         };
-        Close {
-            scope,
-            code,
-            text: format!("{} - {text}", code_name(code)),
-        }
+        Close { scope, code, text: format!("{} - {text}", code_name(code)) }
     }
 
     /// The close a domain error calls for.
@@ -75,6 +71,7 @@ impl Close {
             BrokerError::CommandInvalid(_) => reply::COMMAND_INVALID,
             BrokerError::NotAllowed(_) => reply::NOT_ALLOWED,
             BrokerError::NotImplemented(_) => reply::NOT_IMPLEMENTED,
+            BrokerError::StoreFailed(_) => reply::INTERNAL_ERROR,
             _ => reply::INTERNAL_ERROR,
         };
         Close::new(code, error)

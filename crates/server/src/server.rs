@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use postroom_core::Broker;
+use postroom_core::{Broker, BrokerError};
+use postroom_store::{FileStore, Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -22,6 +23,13 @@ pub enum ServerError {
     /// A setting is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The store could not be opened (I/O error, or damage that needs
+    /// `--recover-skip-corrupt`).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// What the store holds could not be restored.
+    #[error("restoring the broker state: {0}")]
+    Restore(#[from] BrokerError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -36,6 +44,7 @@ pub enum ServerError {
 /// A running broker. Dropping it without [`Server::shutdown`] leaves its tasks running
 /// until the runtime ends.
 pub struct Server {
+    shared: Arc<Shared>,
     amqp_addr: SocketAddr,
     http_addr: SocketAddr,
     stop: watch::Sender<bool>,
@@ -53,9 +62,8 @@ impl Server {
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|source| ServerError::Bind { addr, source })?;
-            let bound = listener
-                .local_addr()
-                .map_err(|source| ServerError::Bind { addr, source })?;
+            let bound =
+                listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
             Ok::<_, ServerError>((listener, bound))
         };
         let (amqp, amqp_addr) = bind(config.amqp_listen).await?;
@@ -64,19 +72,23 @@ impl Server {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1);
-        let shared = Arc::new(Shared {
-            broker: Mutex::new(Broker::new(seed)),
-            config,
-        });
+        let store: Arc<dyn Store> =
+            Arc::new(FileStore::open(&config.data_dir, config.store_config())?);
+        let mut broker = Broker::new(seed, store.clone());
+        let recovered = store.take_recovered();
+        let summary = broker.restore(recovered)?;
+        tracing::info!(
+            exchanges = summary.exchanges,
+            queues = summary.queues,
+            bindings = summary.bindings,
+            messages = summary.messages,
+            "recovered"
+        );
+        let shared = Arc::new(Shared { broker: Mutex::new(broker), config, store });
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(http::serve(http, stopped.clone()));
-        let accept = tokio::spawn(accept_loop(shared, amqp, stopped));
-        Ok(Server {
-            amqp_addr,
-            http_addr,
-            stop,
-            accept,
-        })
+        let accept = tokio::spawn(accept_loop(shared.clone(), amqp, stopped));
+        Ok(Server { shared, amqp_addr, http_addr, stop, accept })
     }
 
     /// The bound AMQP address (with the real port when port 0 was asked for).
@@ -91,9 +103,15 @@ impl Server {
 
     /// Stops accepting, closes every connection with `CONNECTION_FORCED` and waits (up to a
     /// grace period) for them to finish.
+    /// Then the store writes and syncs what it holds and closes its files.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.accept.await;
+        let store = self.shared.store.clone();
+        let closed = tokio::task::spawn_blocking(move || store.close()).await;
+        if let Ok(Err(error)) = closed {
+            tracing::error!(%error, "closing the store");
+        }
     }
 }
 

@@ -63,13 +63,7 @@ fn encode(msg: WriterMsg, frame_max: u32, buf: &mut BytesMut) {
         WriterMsg::Method(channel, method) => method.encode_frame(channel, buf),
         WriterMsg::Content(channel, method, message) => {
             method.encode_frame(channel, buf);
-            encode_content(
-                channel,
-                &message.raw_properties,
-                &message.body,
-                frame_max,
-                buf,
-            );
+            encode_content(channel, &message.raw_properties, &message.body, frame_max, buf);
         }
         WriterMsg::Event(Outbound::Deliver {
             channel,
@@ -86,22 +80,10 @@ fn encode(msg: WriterMsg, frame_max: u32, buf: &mut BytesMut) {
                 routing_key: message.routing_key.clone(),
             };
             Method::BasicDeliver(deliver).encode_frame(channel, buf);
-            encode_content(
-                channel,
-                &message.raw_properties,
-                &message.body,
-                frame_max,
-                buf,
-            );
+            encode_content(channel, &message.raw_properties, &message.body, frame_max, buf);
         }
-        WriterMsg::Event(Outbound::Cancel {
-            channel,
-            consumer_tag,
-        }) => {
-            let cancel = postroom_amqp::method::BasicCancel {
-                consumer_tag,
-                nowait: true,
-            };
+        WriterMsg::Event(Outbound::Cancel { channel, consumer_tag }) => {
+            let cancel = postroom_amqp::method::BasicCancel { consumer_tag, nowait: true };
             Method::BasicCancel(cancel).encode_frame(channel, buf);
         }
         WriterMsg::Heartbeat => encode_heartbeat(buf),

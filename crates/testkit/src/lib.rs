@@ -99,12 +99,7 @@ impl ChildBroker {
     fn spawn(&mut self, extra_args: &[&str]) {
         let mut child = Command::new(&self.binary)
             .arg("serve")
-            .args([
-                "--amqp-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
+            .args(["--amqp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(extra_args)
@@ -130,10 +125,7 @@ impl ChildBroker {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("postroom exited before it was ready: {status}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "postroom not ready after {READY_TIMEOUT:?}"
-            );
+            assert!(Instant::now() < deadline, "postroom not ready after {READY_TIMEOUT:?}");
         };
         let field = |name: &str| -> SocketAddr {
             line.split_whitespace()
@@ -174,10 +166,7 @@ impl ChildBroker {
         let Some(mut child) = self.child.take() else {
             return false;
         };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(Some(status)) = child.try_wait() {

@@ -68,10 +68,7 @@ mod tests {
     use super::*;
 
     fn table(entries: &[(&str, FieldValue)]) -> FieldTable {
-        entries
-            .iter()
-            .map(|(k, v)| ((*k).into(), v.clone()))
-            .collect()
+        entries.iter().map(|(k, v)| ((*k).into(), v.clone())).collect()
     }
 
     #[test]
@@ -84,11 +81,7 @@ mod tests {
 
     #[test]
     fn any_requires_one_argument() {
-        let args = table(&[
-            ("x-match", "any".into()),
-            ("a", "1".into()),
-            ("b", "2".into()),
-        ]);
+        let args = table(&[("x-match", "any".into()), ("a", "1".into()), ("b", "2".into())]);
         let rule = HeaderMatch::compile(&args).unwrap();
         assert!(rule.matches(Some(&table(&[("b", "2".into())]))));
         assert!(!rule.matches(Some(&table(&[("b", "3".into())]))));
@@ -98,11 +91,9 @@ mod tests {
     fn x_arguments_count_only_with_x_modes() {
         let plain = HeaderMatch::compile(&table(&[("x-k", "1".into())])).unwrap();
         assert!(plain.matches(Some(&table(&[]))));
-        let with_x = HeaderMatch::compile(&table(&[
-            ("x-match", "all-with-x".into()),
-            ("x-k", "1".into()),
-        ]))
-        .unwrap();
+        let with_x =
+            HeaderMatch::compile(&table(&[("x-match", "all-with-x".into()), ("x-k", "1".into())]))
+                .unwrap();
         assert!(!with_x.matches(Some(&table(&[]))));
         assert!(with_x.matches(Some(&table(&[("x-k", "1".into())]))));
     }

@@ -96,12 +96,7 @@ impl Binding {
             ExchangeKind::Topic => Matcher::Topic(topic::Pattern::compile(&routing_key)),
             ExchangeKind::Headers => Matcher::Headers(headers::HeaderMatch::compile(&arguments)?),
         };
-        Ok(Binding {
-            destination,
-            routing_key,
-            arguments,
-            matcher,
-        })
+        Ok(Binding { destination, routing_key, arguments, matcher })
     }
 
     /// Whether this binding is the same as one made with these parameters (AMQP identifies a
@@ -142,22 +137,12 @@ impl Exchange {
         internal: bool,
         arguments: FieldTable,
     ) -> Exchange {
-        Exchange {
-            name,
-            kind,
-            durable,
-            auto_delete,
-            internal,
-            arguments,
-            bindings: Vec::new(),
-        }
+        Exchange { name, kind, durable, auto_delete, internal, arguments, bindings: Vec::new() }
     }
 
     /// The alternate exchange named in the arguments, if any.
     pub fn alternate_exchange(&self) -> Option<&str> {
-        self.arguments
-            .get(ALTERNATE_EXCHANGE)
-            .and_then(|v| v.as_str())
+        self.arguments.get(ALTERNATE_EXCHANGE).and_then(|v| v.as_str())
     }
 
     /// Appends the destinations of every binding matching the message to `out`.

@@ -16,11 +16,7 @@ pub struct Pattern(Vec<Word>);
 
 /// Splits a routing key into words (none for the empty key).
 pub fn split(key: &str) -> Vec<&str> {
-    if key.is_empty() {
-        Vec::new()
-    } else {
-        key.split('.').collect()
-    }
+    if key.is_empty() { Vec::new() } else { key.split('.').collect() }
 }
 
 impl Pattern {

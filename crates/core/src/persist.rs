@@ -1,0 +1,250 @@
+//! What the broker keeps across restarts: durable definitions (as one encoded field table
+//! saved through the store) and persistent messages on durable queues (in the journal).
+//!
+//! Persisted: durable exchanges other than the predeclared ones, durable non-exclusive
+//! queues (exclusive queues die with their connection, as in RabbitMQ), and bindings whose
+//! source and destination are both persisted or predeclared.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use postroom_amqp::wire::Reader;
+use postroom_amqp::{FieldTable, FieldValue, ShortStr};
+use postroom_store::{QueueId, Recovered};
+
+use crate::broker::Broker;
+use crate::error::{BrokerError, Result};
+use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use crate::message::{Message, QueuedMessage};
+use crate::queue::Queue;
+use crate::vhost::{PREDECLARED_EXCHANGES, VHost};
+
+/// Counts of what a restart brought back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreSummary {
+    /// Durable exchanges.
+    pub exchanges: usize,
+    /// Durable queues.
+    pub queues: usize,
+    /// Bindings.
+    pub bindings: usize,
+    /// Queue entries (a message on two queues counts twice).
+    pub messages: usize,
+}
+
+fn is_predeclared(name: &str) -> bool {
+    name.is_empty() || PREDECLARED_EXCHANGES.iter().any(|(n, _)| *n == name)
+}
+
+fn persisted_exchange(vhost: &VHost, name: &str) -> bool {
+    is_predeclared(name) || vhost.exchanges.get(name).is_some_and(|x| x.durable)
+}
+
+fn persisted_queue(queue: &Queue) -> bool {
+    queue.durable && queue.exclusive_owner.is_none()
+}
+
+/// Whether a binding from `source` to `destination` is saved with the definitions.
+pub(crate) fn binding_is_persisted(vhost: &VHost, source: &str, destination: &Destination) -> bool {
+    persisted_exchange(vhost, source)
+        && match destination {
+            Destination::Queue(q) => vhost.queues.get(q).is_some_and(persisted_queue),
+            Destination::Exchange(e) => persisted_exchange(vhost, e),
+        }
+}
+
+fn table(entries: Vec<(&str, FieldValue)>) -> FieldValue {
+    FieldValue::Table(entries.into_iter().map(|(k, v)| (ShortStr::from(k), v)).collect())
+}
+
+fn text(value: &str) -> FieldValue {
+    FieldValue::string(value)
+}
+
+impl Broker {
+    /// Encodes every persisted definition.
+    pub fn encode_definitions(&self) -> Bytes {
+        let (mut exchanges, mut queues, mut bindings) = (Vec::new(), Vec::new(), Vec::new());
+        for vhost in self.vhosts.values() {
+            for x in vhost.exchanges.values() {
+                if x.durable && !is_predeclared(&x.name) {
+                    exchanges.push(table(vec![
+                        ("vhost", text(&vhost.name)),
+                        ("name", text(&x.name)),
+                        ("type", text(x.kind.as_str())),
+                        ("auto_delete", x.auto_delete.into()),
+                        ("internal", x.internal.into()),
+                        ("arguments", FieldValue::Table(x.arguments.clone())),
+                    ]));
+                }
+                if !persisted_exchange(vhost, &x.name) {
+                    continue;
+                }
+                for b in &x.bindings {
+                    let (kind, destination) = match &b.destination {
+                        Destination::Queue(q) => {
+                            if !vhost.queues.get(q).is_some_and(persisted_queue) {
+                                continue;
+                            }
+                            ("queue", q)
+                        }
+                        Destination::Exchange(e) => {
+                            if !persisted_exchange(vhost, e) {
+                                continue;
+                            }
+                            ("exchange", e)
+                        }
+                    };
+                    bindings.push(table(vec![
+                        ("vhost", text(&vhost.name)),
+                        ("source", text(&x.name)),
+                        ("destination", text(destination)),
+                        ("destination_type", text(kind)),
+                        ("routing_key", text(&b.routing_key)),
+                        ("arguments", FieldValue::Table(b.arguments.clone())),
+                    ]));
+                }
+            }
+            for q in vhost.queues.values().filter(|q| persisted_queue(q)) {
+                queues.push(table(vec![
+                    ("vhost", text(&vhost.name)),
+                    ("name", text(&q.name)),
+                    ("id", FieldValue::I64(q.store_id.map_or(-1, i64::from))),
+                    ("auto_delete", q.auto_delete.into()),
+                    ("arguments", FieldValue::Table(q.arguments.clone())),
+                ]));
+            }
+        }
+        let mut root = FieldTable::new();
+        root.insert("version", FieldValue::I64(1));
+        root.insert("next_queue_id", FieldValue::I64(self.next_queue_id.into()));
+        root.insert("exchanges", FieldValue::Array(exchanges));
+        root.insert("queues", FieldValue::Array(queues));
+        root.insert("bindings", FieldValue::Array(bindings));
+        let mut buf = BytesMut::new();
+        root.encode_into(&mut buf);
+        buf.freeze()
+    }
+
+    /// Saves the definitions through the store (durable when it returns).
+    ///
+    /// # Errors
+    /// `StoreFailed` if the store cannot write them.
+    pub(crate) fn save_definitions(&self) -> Result<()> {
+        self.store
+            .save_definitions(&self.encode_definitions())
+            .map_err(|e| BrokerError::StoreFailed(e.to_string()))
+    }
+
+    /// Rebuilds durable definitions and messages from what the store recovered. Call once,
+    /// on a fresh broker, before any connection.
+    ///
+    /// # Errors
+    /// `StoreFailed` if the saved definitions or a message cannot be decoded.
+    pub fn restore(&mut self, recovered: Recovered) -> Result<RestoreSummary> {
+        let mut summary = RestoreSummary::default();
+        let bad = |what: &str| BrokerError::StoreFailed(format!("cannot decode saved {what}"));
+        let mut by_id: HashMap<QueueId, (ShortStr, ShortStr)> = HashMap::new();
+        if let Some(data) = &recovered.definitions {
+            let root =
+                FieldTable::decode(&mut Reader::new(data)).map_err(|_| bad("definitions"))?;
+            let list = |key: &str| {
+                root.get(key).and_then(FieldValue::as_array).unwrap_or_default().to_vec()
+            };
+            let get = |t: &FieldTable, k: &str| {
+                t.get(k).and_then(FieldValue::as_str).unwrap_or_default().to_owned()
+            };
+            let flag =
+                |t: &FieldTable, k: &str| t.get(k).and_then(FieldValue::as_bool).unwrap_or(false);
+            let args = |t: &FieldTable| {
+                t.get("arguments").and_then(FieldValue::as_table).cloned().unwrap_or_default()
+            };
+            if let Some(next) = root.get("next_queue_id").and_then(FieldValue::as_int) {
+                self.next_queue_id = u32::try_from(next).unwrap_or(u32::MAX);
+            }
+            for x in list("exchanges") {
+                let t = x.as_table().ok_or_else(|| bad("exchange"))?;
+                let kind =
+                    ExchangeKind::parse(&get(t, "type")).ok_or_else(|| bad("exchange type"))?;
+                let vhost = self.vhost_entry(&get(t, "vhost"));
+                let exchange = Exchange::new(
+                    get(t, "name").into(),
+                    kind,
+                    true,
+                    flag(t, "auto_delete"),
+                    flag(t, "internal"),
+                    args(t),
+                );
+                vhost.exchanges.insert(exchange.name.clone(), exchange);
+                summary.exchanges += 1;
+            }
+            for q in list("queues") {
+                let t = q.as_table().ok_or_else(|| bad("queue"))?;
+                let vhost_name = get(t, "vhost");
+                let vhost = self.vhost_entry(&vhost_name);
+                let mut queue =
+                    Queue::new(get(t, "name").into(), true, None, flag(t, "auto_delete"), args(t));
+                let id = t
+                    .get("id")
+                    .and_then(FieldValue::as_int)
+                    .and_then(|i| QueueId::try_from(i).ok());
+                queue.store_id = id;
+                if let Some(id) = id {
+                    by_id.insert(id, (vhost_name.as_str().into(), queue.name.clone()));
+                }
+                vhost.queues.insert(queue.name.clone(), queue);
+                summary.queues += 1;
+            }
+            for b in list("bindings") {
+                let t = b.as_table().ok_or_else(|| bad("binding"))?;
+                let vhost = self.vhost_entry(&get(t, "vhost"));
+                let destination = match get(t, "destination_type").as_str() {
+                    "queue" => Destination::Queue(get(t, "destination").into()),
+                    _ => Destination::Exchange(get(t, "destination").into()),
+                };
+                if let Some(source) = vhost.exchanges.get_mut(get(t, "source").as_str()) {
+                    let binding = Binding::new(
+                        source.kind,
+                        destination,
+                        get(t, "routing_key").into(),
+                        args(t),
+                    )?;
+                    source.bindings.push(binding);
+                    summary.bindings += 1;
+                }
+            }
+        }
+        for recovered_message in recovered.messages {
+            let message =
+                Message::decode(&recovered_message.payload).map_err(|_| bad("message"))?;
+            let message = Arc::new(message);
+            for id in &recovered_message.queues {
+                let Some((vhost, name)) = by_id.get(id) else {
+                    // Its queue was deleted but the ack did not reach the disk: release it.
+                    let _ = self.store.ack(*id, &[recovered_message.seq]);
+                    continue;
+                };
+                let Some(queue) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(name))
+                else {
+                    continue;
+                };
+                let delivered =
+                    recovered.delivered.get(id).is_some_and(|d| *d >= recovered_message.seq);
+                queue.ready.push_back(QueuedMessage {
+                    message: message.clone(),
+                    redelivered: delivered,
+                    delivery_count: 0,
+                    stored: Some(recovered_message.seq),
+                });
+                summary.messages += 1;
+            }
+        }
+        Ok(summary)
+    }
+
+    fn vhost_entry(&mut self, name: &str) -> &mut VHost {
+        let name = if name.is_empty() { "/" } else { name };
+        self.vhosts.entry(name.into()).or_insert_with(|| VHost::new(name))
+    }
+}

@@ -1,0 +1,649 @@
+//! [`FileStore`]: the journal on disk.
+//!
+//! Files under the data directory:
+//! - `journal/NNNNNNNNNNNNNNNNNNNN.seg`: segments, written in id order, each starting with
+//!   [`SEGMENT_MAGIC`] and holding whole records.
+//! - `definitions.bin`: the last saved definitions (magic, length, CRC32C, data), replaced
+//!   atomically by write-to-temp, fsync, rename, fsync of the directory.
+//!
+//! Writing: `append`/`ack` encode records into an in-memory batch under the state mutex
+//! (no I/O); the commit thread takes the whole batch, writes it with one `write` per
+//! segment, `fdatasync`s (per [`Durability`]) and then advances [`Progress::durable`] past
+//! every record of the batch — one fsync for all queues and publishers (group commit).
+//! Files are written with `write`, never through a memory map, so a full disk is an error
+//! and not a SIGBUS.
+//!
+//! Space: a segment counts the references (queue × message) it still holds. Segments are
+//! deleted oldest first once they hold none: an ack record can only refer to messages in
+//! its own or earlier segments, so deleting from the head never resurrects an acked message.
+//!
+//! Locks: `State` behind one `std::sync::Mutex`, never held across I/O.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::watch;
+
+use crate::config::{Durability, StoreConfig};
+use crate::error::StoreError;
+use crate::record::{self, Invalid, Record, SEGMENT_MAGIC};
+use crate::{Lsn, Progress, QueueId, Recovered, RecoveredMessage, Seq, Store};
+
+type SegmentId = u64;
+
+const DEFINITIONS_MAGIC: &[u8; 8] = b"PRDEFS01";
+
+#[derive(Debug)]
+struct SegmentMeta {
+    /// References (queue × message) still held by this segment's publish records.
+    live: u64,
+}
+
+struct State {
+    next_seq: Seq,
+    next_lsn: Lsn,
+    active: SegmentId,
+    active_len: u64,
+    /// Records not yet handed to the commit thread, by segment, in write order.
+    batch: Vec<(SegmentId, BytesMut)>,
+    batch_last_lsn: Lsn,
+    segments: BTreeMap<SegmentId, SegmentMeta>,
+    /// First sequence number of each segment that has publishes; a later segment with the
+    /// same first sequence replaces an earlier one without publishes.
+    by_first_seq: BTreeMap<Seq, SegmentId>,
+    to_delete: Vec<SegmentId>,
+    /// Delivered marks not yet written, highest per queue.
+    marks: HashMap<QueueId, Seq>,
+    failed: Option<String>,
+    closing: bool,
+}
+
+impl State {
+    fn segment_of(&self, seq: Seq) -> Option<SegmentId> {
+        self.by_first_seq.range(..=seq).next_back().map(|(_, id)| *id)
+    }
+
+    fn check_writable(&self) -> Result<(), StoreError> {
+        if let Some(reason) = &self.failed {
+            return Err(StoreError::Failed(reason.clone()));
+        }
+        if self.closing {
+            return Err(StoreError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment if a record of `size` bytes does not fit in the active one.
+    fn make_room(&mut self, size: u64, segment_size: u64, next_seq: Seq) {
+        let header = SEGMENT_MAGIC.len() as u64;
+        if self.active_len + size > segment_size && self.active_len > header {
+            self.active += 1;
+            self.active_len = header;
+            self.segments.insert(self.active, SegmentMeta { live: 0 });
+            self.by_first_seq.insert(next_seq, self.active);
+        }
+    }
+
+    fn batch_for(&mut self, segment: SegmentId) -> &mut BytesMut {
+        if self.batch.last().is_none_or(|(id, _)| *id != segment) {
+            self.batch.push((segment, BytesMut::with_capacity(64 * 1024)));
+        }
+        let last = self.batch.len() - 1;
+        &mut self.batch[last].1
+    }
+
+    /// Moves pending delivered marks into the batch.
+    fn flush_marks(&mut self, segment_size: u64) {
+        for (queue, seq) in std::mem::take(&mut self.marks) {
+            let next_seq = self.next_seq;
+            self.make_room(record::DELIVERED_LEN as u64, segment_size, next_seq);
+            let active = self.active;
+            record::encode_delivered(self.batch_for(active), queue, seq);
+            self.active_len += record::DELIVERED_LEN as u64;
+        }
+    }
+
+    /// Queues deletion of dead segments at the head of the journal.
+    fn collect_dead_head(&mut self) {
+        while let Some((&id, meta)) = self.segments.first_key_value() {
+            if id == self.active || meta.live > 0 {
+                break;
+            }
+            self.segments.remove(&id);
+            self.by_first_seq.retain(|_, s| *s != id);
+            self.to_delete.push(id);
+        }
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    progress: watch::Sender<Progress>,
+    config: StoreConfig,
+    journal: PathBuf,
+    root: PathBuf,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The file-backed store. See the module docs for the format and the commit protocol.
+pub struct FileStore {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<Result<(), String>>>>,
+    recovered: Mutex<Option<Recovered>>,
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io { op, path: path.to_path_buf(), source }
+}
+
+fn segment_path(journal: &Path, id: SegmentId) -> PathBuf {
+    journal.join(format!("{id:020}.seg"))
+}
+
+fn sync_dir(path: &Path) -> Result<(), StoreError> {
+    File::open(path).and_then(|d| d.sync_all()).map_err(io("syncing directory", path))
+}
+
+impl FileStore {
+    /// Opens (creating if needed) the store in `dir`, recovering what it holds.
+    ///
+    /// # Errors
+    /// I/O errors, and [`StoreError::Corrupt`] for damage inside a segment unless
+    /// `recover_skip_corrupt` is set.
+    pub fn open(dir: &Path, config: StoreConfig) -> Result<FileStore, StoreError> {
+        let journal = dir.join("journal");
+        fs::create_dir_all(&journal).map_err(io("creating", &journal))?;
+        let definitions = load_definitions(dir)?;
+        let scan = recover(&journal, config.recover_skip_corrupt)?;
+        let mut segments = BTreeMap::new();
+        let mut by_first_seq = BTreeMap::new();
+        for (id, first_seq) in &scan.segments {
+            segments.insert(*id, SegmentMeta { live: 0 });
+            if let Some(first) = first_seq {
+                by_first_seq.insert(*first, *id);
+            }
+        }
+        let active = scan.segments.last().map_or(1, |(id, _)| id + 1);
+        segments.insert(active, SegmentMeta { live: 0 });
+        by_first_seq.insert(scan.next_seq, active);
+        let mut state = State {
+            next_seq: scan.next_seq,
+            next_lsn: 1,
+            active,
+            active_len: SEGMENT_MAGIC.len() as u64,
+            batch: Vec::new(),
+            batch_last_lsn: 0,
+            segments,
+            by_first_seq,
+            to_delete: Vec::new(),
+            marks: HashMap::new(),
+            failed: None,
+            closing: false,
+        };
+        let delivered = scan.delivered;
+        let mut messages = Vec::with_capacity(scan.messages.len());
+        for (seq, (queues, payload)) in scan.messages {
+            if let Some(id) = state.segment_of(seq)
+                && let Some(meta) = state.segments.get_mut(&id)
+            {
+                meta.live += queues.len() as u64;
+            }
+            messages.push(RecoveredMessage { seq, queues, payload });
+        }
+        state.collect_dead_head();
+        let (progress, _) = watch::channel(Progress::default());
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            wake: Condvar::new(),
+            progress,
+            config,
+            journal,
+            root: dir.to_path_buf(),
+        });
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("postroom-commit".into())
+            .spawn(move || commit_loop(&thread_shared))
+            .map_err(io("starting the commit thread", dir))?;
+        Ok(FileStore {
+            shared,
+            thread: Mutex::new(Some(thread)),
+            recovered: Mutex::new(Some(Recovered { definitions, messages, delivered })),
+        })
+    }
+}
+
+impl Store for FileStore {
+    fn take_recovered(&self) -> Recovered {
+        self.recovered.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default()
+    }
+
+    fn append(&self, queues: &[QueueId], payload: &[u8]) -> Result<(Seq, Lsn), StoreError> {
+        let mut st = self.shared.lock();
+        st.check_writable()?;
+        let seq = st.next_seq;
+        let size = (record::HEADER_LEN + 11 + queues.len() * 4 + payload.len()) as u64;
+        st.make_room(size, self.shared.config.segment_size, seq);
+        st.next_seq += 1;
+        let active = st.active;
+        record::encode_publish(st.batch_for(active), seq, queues, payload);
+        st.active_len += size;
+        if let Some(meta) = st.segments.get_mut(&active) {
+            meta.live += queues.len() as u64;
+        }
+        let lsn = st.next_lsn;
+        st.next_lsn += 1;
+        st.batch_last_lsn = lsn;
+        drop(st);
+        self.shared.wake.notify_one();
+        Ok((seq, lsn))
+    }
+
+    fn ack(&self, queue: QueueId, seqs: &[Seq]) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let mut st = self.shared.lock();
+        st.check_writable()?;
+        // Big acks (a purge) are split so that no record outgrows a segment.
+        for chunk in seqs.chunks(64 * 1024) {
+            let size = (record::HEADER_LEN + 9 + chunk.len() * 8) as u64;
+            let next_seq = st.next_seq;
+            st.make_room(size, self.shared.config.segment_size, next_seq);
+            let active = st.active;
+            record::encode_ack(st.batch_for(active), queue, chunk);
+            st.active_len += size;
+            let lsn = st.next_lsn;
+            st.next_lsn += 1;
+            st.batch_last_lsn = lsn;
+        }
+        for &seq in seqs {
+            if let Some(id) = st.segment_of(seq)
+                && let Some(meta) = st.segments.get_mut(&id)
+            {
+                meta.live = meta.live.saturating_sub(1);
+            }
+        }
+        st.collect_dead_head();
+        drop(st);
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    fn delivered(&self, queue: QueueId, seq: Seq) {
+        let mut st = self.shared.lock();
+        if st.failed.is_some() || st.closing {
+            return;
+        }
+        let mark = st.marks.entry(queue).or_insert(seq);
+        *mark = (*mark).max(seq);
+        drop(st);
+        self.shared.wake.notify_one();
+    }
+
+    fn save_definitions(&self, data: &[u8]) -> Result<(), StoreError> {
+        save_definitions(&self.shared.root, data)
+    }
+
+    fn progress(&self) -> watch::Receiver<Progress> {
+        self.shared.progress.subscribe()
+    }
+
+    fn close(&self) -> Result<(), StoreError> {
+        self.shared.lock().closing = true;
+        self.shared.wake.notify_one();
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match thread.map(JoinHandle::join) {
+            Some(Ok(Err(reason))) => Err(StoreError::Failed(reason)),
+            Some(Err(_)) => Err(StoreError::Failed("commit thread panicked".into())),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for FileStore {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+/// Open segment files and the counters the fault injection uses.
+struct Writer {
+    files: HashMap<SegmentId, File>,
+    writes: u64,
+    syncs: u64,
+    last_sync: Instant,
+    unsynced: Vec<SegmentId>,
+    new_files: bool,
+}
+
+impl Writer {
+    fn file(&mut self, journal: &Path, id: SegmentId) -> Result<&mut File, String> {
+        if !self.files.contains_key(&id) {
+            let path = segment_path(journal, id);
+            let mut file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| format!("opening {}: {e}", path.display()))?;
+            let len = file.metadata().map_err(|e| format!("stat {}: {e}", path.display()))?.len();
+            if len == 0 {
+                file.write_all(SEGMENT_MAGIC)
+                    .map_err(|e| format!("writing {}: {e}", path.display()))?;
+                self.new_files = true;
+            }
+            self.files.insert(id, file);
+        }
+        self.files.get_mut(&id).ok_or_else(|| "segment file vanished".to_string())
+    }
+
+    fn write(&mut self, shared: &Shared, id: SegmentId, data: &[u8]) -> Result<(), String> {
+        self.writes += 1;
+        if shared.config.faults.fail_write_at == Some(self.writes) {
+            return Err(format!("injected failure of write {}", self.writes));
+        }
+        let journal = shared.journal.clone();
+        let file = self.file(&journal, id)?;
+        file.write_all(data).map_err(|e| format!("writing segment {id}: {e}"))?;
+        if !self.unsynced.contains(&id) {
+            self.unsynced.push(id);
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self, shared: &Shared) -> Result<(), String> {
+        for id in std::mem::take(&mut self.unsynced) {
+            self.syncs += 1;
+            if shared.config.faults.fail_sync_at == Some(self.syncs) {
+                return Err(format!("injected failure of sync {}", self.syncs));
+            }
+            if let Some(file) = self.files.get(&id) {
+                file.sync_data().map_err(|e| format!("syncing segment {id}: {e}"))?;
+            }
+        }
+        if std::mem::take(&mut self.new_files) {
+            File::open(&shared.journal)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| format!("syncing the journal directory: {e}"))?;
+        }
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+}
+
+/// The group-commit loop: take the batch, write it, sync it, publish progress.
+fn commit_loop(shared: &Shared) -> Result<(), String> {
+    let mut writer = Writer {
+        files: HashMap::new(),
+        writes: 0,
+        syncs: 0,
+        last_sync: Instant::now(),
+        unsynced: Vec::new(),
+        new_files: false,
+    };
+    let interval = match shared.config.durability {
+        Durability::Interval(every) => Some(every),
+        _ => None,
+    };
+    loop {
+        let (batch, last_lsn, deletes, closing, active) = {
+            let mut st = shared.lock();
+            st.flush_marks(shared.config.segment_size);
+            while st.batch.is_empty() && st.to_delete.is_empty() && !st.closing {
+                let wait = match interval {
+                    Some(every) if !writer.unsynced.is_empty() => every,
+                    _ => Duration::from_secs(3600),
+                };
+                let (guard, timeout) =
+                    shared.wake.wait_timeout(st, wait).unwrap_or_else(|p| p.into_inner());
+                st = guard;
+                st.flush_marks(shared.config.segment_size);
+                if timeout.timed_out() && !writer.unsynced.is_empty() {
+                    break;
+                }
+            }
+            (
+                std::mem::take(&mut st.batch),
+                st.batch_last_lsn,
+                std::mem::take(&mut st.to_delete),
+                st.closing,
+                st.active,
+            )
+        };
+        let result = (|| {
+            for (id, data) in &batch {
+                writer.write(shared, *id, data)?;
+            }
+            let sync_now = match shared.config.durability {
+                Durability::Fsync => true,
+                Durability::Interval(every) => closing || writer.last_sync.elapsed() >= every,
+                Durability::None => closing,
+            };
+            if sync_now {
+                writer.sync(shared)?;
+            }
+            Ok::<(), String>(())
+        })();
+        if let Err(reason) = result {
+            tracing::error!(%reason, "journal write failed; the store accepts no more writes");
+            let mut st = shared.lock();
+            st.failed = Some(reason.clone());
+            st.batch.clear();
+            drop(st);
+            shared.progress.send_modify(|p| p.failed = true);
+            return Err(reason);
+        }
+        if !batch.is_empty() {
+            shared.progress.send_modify(|p| p.durable = last_lsn);
+        }
+        // Keep only the active segment open; older ones are complete and synced.
+        writer.files.retain(|id, _| *id >= active || writer.unsynced.contains(id));
+        for id in deletes {
+            writer.files.remove(&id);
+            let path = segment_path(&shared.journal, id);
+            if let Err(error) = fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), %error, "could not delete a dead segment");
+            }
+        }
+        if closing && shared.lock().batch.is_empty() {
+            return Ok(());
+        }
+    }
+}
+
+struct Scan {
+    /// Segment ids in order, with the first sequence number each holds (if any).
+    segments: Vec<(SegmentId, Option<Seq>)>,
+    messages: BTreeMap<Seq, (Vec<QueueId>, Bytes)>,
+    delivered: HashMap<QueueId, Seq>,
+    next_seq: Seq,
+}
+
+fn list_segments(journal: &Path) -> Result<Vec<SegmentId>, StoreError> {
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(journal).map_err(io("listing", journal))? {
+        let entry = entry.map_err(io("listing", journal))?;
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".seg")) else { continue };
+        if let Ok(id) = stem.parse::<SegmentId>() {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Whether the damage at `pos` is the torn end of the journal rather than damage inside
+/// it: true if nothing after it parses as a record.
+fn is_torn_tail(data: &Bytes, pos: usize) -> bool {
+    let rest = &data[pos..];
+    if rest.iter().all(|b| *b == 0) || rest.len() < record::HEADER_LEN {
+        return true;
+    }
+    let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    let next = pos + record::HEADER_LEN + len;
+    if len == 0 || len > record::MAX_BODY_LEN || next >= data.len() {
+        return true;
+    }
+    record::decode(&data.slice(next..)).is_err()
+}
+
+fn recover(journal: &Path, skip_corrupt: bool) -> Result<Scan, StoreError> {
+    let ids = list_segments(journal)?;
+    let mut scan = Scan {
+        segments: Vec::new(),
+        messages: BTreeMap::new(),
+        delivered: HashMap::new(),
+        next_seq: 1,
+    };
+    for (index, &id) in ids.iter().enumerate() {
+        let path = segment_path(journal, id);
+        let data = Bytes::from(fs::read(&path).map_err(io("reading", &path))?);
+        let is_last = index + 1 == ids.len();
+        let corrupt = |offset: usize, reason: String| StoreError::Corrupt {
+            path: path.clone(),
+            offset: offset as u64,
+            reason,
+        };
+        if data.len() < SEGMENT_MAGIC.len() || &data[..SEGMENT_MAGIC.len()] != SEGMENT_MAGIC {
+            if data.len() < SEGMENT_MAGIC.len() && SEGMENT_MAGIC.starts_with(&data) {
+                // Created but its header never fully written: nothing in it was confirmed.
+                tracing::warn!(path = %path.display(), "removing an empty, torn segment");
+                fs::remove_file(&path).map_err(io("removing", &path))?;
+                continue;
+            }
+            let error = corrupt(0, "not a Postroom segment (bad magic)".into());
+            if !skip_corrupt {
+                return Err(error);
+            }
+            tracing::error!(%error, "skipping the whole segment");
+            continue;
+        }
+        let mut first_seq = None;
+        let mut pos = SEGMENT_MAGIC.len();
+        while pos < data.len() {
+            match record::decode(&data.slice(pos..)) {
+                Ok((record, len)) => {
+                    apply(&mut scan, &mut first_seq, record);
+                    pos += len;
+                }
+                Err(Invalid::Truncated) => {
+                    truncate(&path, pos, data.len(), is_last)?;
+                    break;
+                }
+                Err(Invalid::Damaged(reason)) => {
+                    if is_torn_tail(&data, pos) {
+                        truncate(&path, pos, data.len(), is_last)?;
+                        break;
+                    }
+                    let error = corrupt(pos, reason);
+                    if !skip_corrupt {
+                        return Err(error);
+                    }
+                    tracing::error!(%error, "skipping damaged record");
+                    let len = u32::from_be_bytes([
+                        data[pos],
+                        data[pos + 1],
+                        data[pos + 2],
+                        data[pos + 3],
+                    ]) as usize;
+                    pos += record::HEADER_LEN + len;
+                }
+            }
+        }
+        scan.segments.push((id, first_seq));
+    }
+    Ok(scan)
+}
+
+fn apply(scan: &mut Scan, first_seq: &mut Option<Seq>, record: Record) {
+    match record {
+        Record::Publish { seq, queues, payload } => {
+            first_seq.get_or_insert(seq);
+            scan.next_seq = scan.next_seq.max(seq + 1);
+            if !queues.is_empty() {
+                scan.messages.insert(seq, (queues, payload));
+            }
+        }
+        Record::Ack { queue, seqs } => {
+            for seq in seqs {
+                if let Some((queues, _)) = scan.messages.get_mut(&seq) {
+                    if let Some(i) = queues.iter().position(|q| *q == queue) {
+                        queues.swap_remove(i);
+                    }
+                    if queues.is_empty() {
+                        scan.messages.remove(&seq);
+                    }
+                }
+            }
+        }
+        Record::Delivered { queue, seq } => {
+            let mark = scan.delivered.entry(queue).or_insert(seq);
+            *mark = (*mark).max(seq);
+        }
+    }
+}
+
+/// Cuts a torn tail off a segment. Only unconfirmed records can be in it: a confirm waits
+/// for the sync of everything before it.
+fn truncate(path: &Path, at: usize, len: usize, is_last: bool) -> Result<(), StoreError> {
+    tracing::warn!(
+        path = %path.display(),
+        offset = at,
+        dropped_bytes = len - at,
+        last_segment = is_last,
+        "truncating a torn tail"
+    );
+    let file = OpenOptions::new().write(true).open(path).map_err(io("opening", path))?;
+    file.set_len(at as u64).map_err(io("truncating", path))?;
+    file.sync_all().map_err(io("syncing", path))
+}
+
+fn load_definitions(dir: &Path) -> Result<Option<Bytes>, StoreError> {
+    let path = dir.join("definitions.bin");
+    let data = match fs::read(&path) {
+        Ok(data) => data,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::Io { op: "reading", path, source: e }),
+    };
+    let corrupt =
+        |reason: &str| StoreError::Corrupt { path: path.clone(), offset: 0, reason: reason.into() };
+    if data.len() < 16 || &data[..8] != DEFINITIONS_MAGIC {
+        return Err(corrupt("bad definitions header"));
+    }
+    let len = u32::from_be_bytes([data[8], data[9], data[10], data[11]]) as usize;
+    let crc = u32::from_be_bytes([data[12], data[13], data[14], data[15]]);
+    let body = data.get(16..16 + len).ok_or_else(|| corrupt("definitions file is short"))?;
+    if crc32c::crc32c(body) != crc {
+        return Err(corrupt("definitions CRC mismatch"));
+    }
+    Ok(Some(Bytes::copy_from_slice(body)))
+}
+
+/// Writes the definitions atomically: a reader sees the old or the new file, never a mix.
+pub(crate) fn save_definitions(dir: &Path, data: &[u8]) -> Result<(), StoreError> {
+    let path = dir.join("definitions.bin");
+    let tmp = dir.join("definitions.bin.tmp");
+    let mut file = File::create(&tmp).map_err(io("creating", &tmp))?;
+    let mut contents = Vec::with_capacity(16 + data.len());
+    contents.extend_from_slice(DEFINITIONS_MAGIC);
+    contents.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    contents.extend_from_slice(&crc32c::crc32c(data).to_be_bytes());
+    contents.extend_from_slice(data);
+    file.write_all(&contents).map_err(io("writing", &tmp))?;
+    file.sync_all().map_err(io("syncing", &tmp))?;
+    fs::rename(&tmp, &path).map_err(io("renaming", &tmp))?;
+    sync_dir(dir)
+}

@@ -1,0 +1,114 @@
+//! Postroom's durable storage: message payloads and acknowledgements in an append-only
+//! journal of CRC-checked segment files, made durable by one group-commit thread per data
+//! directory, and recovered after a crash.
+//!
+//! The store knows nothing of AMQP: a payload is opaque bytes referenced by one or more
+//! queues (by [`QueueId`]); a message routed to N durable queues is stored once. It must not
+//! depend on `postroom-core` or `postroom-amqp`.
+//!
+//! Durability contract: [`Store::append`] returns the record's [`Lsn`]; the record is on
+//! disk (fsynced, with [`Durability::Fsync`]) once [`Progress::durable`] reaches it. A
+//! publisher confirm must wait for that; nothing else does.
+//!
+//! Layout:
+//! - [`record`]: the record format (length, CRC32C, kind) and its decoder.
+//! - [`file`]: [`FileStore`], segments, the commit thread, recovery.
+//! - [`memory`]: [`MemoryStore`], the same contract without files.
+//! - [`config`]: [`StoreConfig`], [`Durability`], fault injection.
+//! - [`error`]: [`StoreError`].
+
+pub mod config;
+pub mod error;
+pub mod file;
+pub mod memory;
+pub mod record;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+pub use config::{Durability, Faults, StoreConfig};
+pub use error::StoreError;
+pub use file::FileStore;
+pub use memory::MemoryStore;
+
+/// A message's sequence number: unique and increasing within a store, never reused.
+pub type Seq = u64;
+/// A durable queue's identifier within a store.
+pub type QueueId = u32;
+/// A position in the journal's write order: every appended record gets the next one.
+pub type Lsn = u64;
+
+/// How far the journal is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// Every record with an Lsn up to this one is durable.
+    pub durable: Lsn,
+    /// Set when a write or sync failed: records after `durable` will never be durable
+    /// (their publishers must be nacked) and the store refuses new appends.
+    pub failed: bool,
+}
+
+/// A message found by recovery, still referenced by `queues`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveredMessage {
+    /// Its sequence number.
+    pub seq: Seq,
+    /// The queues that had not acknowledged it, in the order they were appended.
+    pub queues: Vec<QueueId>,
+    /// The payload, as appended.
+    pub payload: Bytes,
+}
+
+/// What a store held when it was opened.
+#[derive(Debug, Clone, Default)]
+pub struct Recovered {
+    /// The last definitions saved, if any.
+    pub definitions: Option<Bytes>,
+    /// Unacknowledged messages, in sequence order.
+    pub messages: Vec<RecoveredMessage>,
+    /// Per queue, the highest sequence number it had delivered: its messages up to there
+    /// may have reached a consumer and come back flagged redelivered.
+    pub delivered: std::collections::HashMap<QueueId, Seq>,
+}
+
+/// Durable storage for messages and definitions. Implementations are internally
+/// synchronised; every method is cheap (buffers in memory) unless documented otherwise.
+pub trait Store: Send + Sync {
+    /// Takes what the store held when it was opened (once; later calls return nothing).
+    fn take_recovered(&self) -> Recovered;
+
+    /// Appends a payload referenced by `queues` (not empty), returning its sequence number
+    /// and the Lsn to wait for.
+    ///
+    /// # Errors
+    /// [`StoreError::Failed`] after an earlier write or sync failed.
+    fn append(&self, queues: &[QueueId], payload: &[u8]) -> Result<(Seq, Lsn), StoreError>;
+
+    /// Records that `queue` no longer references `seqs` (acked, dropped, purged). Acks are
+    /// written with the next group commit but nobody waits for them: a lost ack means a
+    /// redelivery, never a loss.
+    ///
+    /// # Errors
+    /// [`StoreError::Failed`] after an earlier failure.
+    fn ack(&self, queue: QueueId, seqs: &[Seq]) -> Result<(), StoreError>;
+
+    /// Notes that `queue` delivered `seq` to a consumer. Marks are coalesced (the highest
+    /// per queue) and written with the next group commit; nobody waits for them.
+    fn delivered(&self, queue: QueueId, seq: Seq);
+
+    /// Replaces the saved definitions. Synchronous: durable when it returns.
+    ///
+    /// # Errors
+    /// I/O errors.
+    fn save_definitions(&self, data: &[u8]) -> Result<(), StoreError>;
+
+    /// Watches durability progress.
+    fn progress(&self) -> watch::Receiver<Progress>;
+
+    /// Writes and syncs everything appended so far, then stops the commit thread.
+    /// Appends after `close` fail.
+    ///
+    /// # Errors
+    /// The first write or sync error, if any.
+    fn close(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,125 @@
+//! [`MemoryStore`]: the store contract without files. Everything is "durable" at once;
+//! nothing survives the process. Used for tests of the contract and for brokers run with
+//! no data directory.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::error::StoreError;
+use crate::{Lsn, Progress, QueueId, Recovered, RecoveredMessage, Seq, Store};
+
+#[derive(Default)]
+struct State {
+    next_seq: Seq,
+    next_lsn: Lsn,
+    messages: BTreeMap<Seq, (Vec<QueueId>, Bytes)>,
+    definitions: Option<Bytes>,
+    delivered: std::collections::HashMap<QueueId, Seq>,
+    closed: bool,
+}
+
+/// An in-memory store.
+pub struct MemoryStore {
+    state: Mutex<State>,
+    progress: watch::Sender<Progress>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        let state = State { next_seq: 1, next_lsn: 1, ..State::default() };
+        MemoryStore { state: Mutex::new(state), progress: watch::channel(Progress::default()).0 }
+    }
+
+    /// What a restart of a broker on this store would recover (the store stays usable).
+    pub fn snapshot(&self) -> Recovered {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Recovered {
+            definitions: st.definitions.clone(),
+            messages: st
+                .messages
+                .iter()
+                .map(|(seq, (queues, payload))| RecoveredMessage {
+                    seq: *seq,
+                    queues: queues.clone(),
+                    payload: payload.clone(),
+                })
+                .collect(),
+            delivered: st.delivered.clone(),
+        }
+    }
+
+    /// Reopens after a simulated clean restart.
+    pub fn reopen(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).closed = false;
+    }
+}
+
+impl Store for MemoryStore {
+    fn take_recovered(&self) -> Recovered {
+        self.snapshot()
+    }
+
+    fn append(&self, queues: &[QueueId], payload: &[u8]) -> Result<(Seq, Lsn), StoreError> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.closed {
+            return Err(StoreError::Closed);
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let lsn = st.next_lsn;
+        st.next_lsn += 1;
+        st.messages.insert(seq, (queues.to_vec(), Bytes::copy_from_slice(payload)));
+        drop(st);
+        self.progress.send_modify(|p| p.durable = lsn);
+        Ok((seq, lsn))
+    }
+
+    fn ack(&self, queue: QueueId, seqs: &[Seq]) -> Result<(), StoreError> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.closed {
+            return Err(StoreError::Closed);
+        }
+        for seq in seqs {
+            if let Some((queues, _)) = st.messages.get_mut(seq) {
+                if let Some(i) = queues.iter().position(|q| *q == queue) {
+                    queues.swap_remove(i);
+                }
+                if queues.is_empty() {
+                    st.messages.remove(seq);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn delivered(&self, queue: QueueId, seq: Seq) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mark = st.delivered.entry(queue).or_insert(seq);
+        *mark = (*mark).max(seq);
+    }
+
+    fn save_definitions(&self, data: &[u8]) -> Result<(), StoreError> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).definitions =
+            Some(Bytes::copy_from_slice(data));
+        Ok(())
+    }
+
+    fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    fn close(&self) -> Result<(), StoreError> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+        Ok(())
+    }
+}

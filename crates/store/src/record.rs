@@ -1,0 +1,212 @@
+//! The journal's record format.
+//!
+//! ```text
+//! record  = length:u32 crc:u32 body          (big-endian; crc = CRC32C of body)
+//! body    = kind:u8 …
+//! publish = 1 seq:u64 count:u16 queue:u32×count payload…
+//! ack     = 2 queue:u32 count:u32 seq:u64×count
+//! deliver = 3 queue:u32 seq:u64             (the queue has delivered up to seq)
+//! ```
+//!
+//! A segment file starts with [`SEGMENT_MAGIC`]. Records never span segments.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::{QueueId, Seq};
+
+/// The first 8 bytes of every segment file.
+pub const SEGMENT_MAGIC: &[u8; 8] = b"PRJSEG01";
+/// Bytes before a record's body.
+pub const HEADER_LEN: usize = 8;
+/// Largest body accepted when reading (a larger length is damage, not data).
+pub const MAX_BODY_LEN: usize = 1 << 30;
+
+const KIND_PUBLISH: u8 = 1;
+const KIND_ACK: u8 = 2;
+const KIND_DELIVERED: u8 = 3;
+
+/// A decoded record body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A payload referenced by queues.
+    Publish {
+        /// Sequence number.
+        seq: Seq,
+        /// Referencing queues.
+        queues: Vec<QueueId>,
+        /// The payload.
+        payload: Bytes,
+    },
+    /// A queue dropped its references.
+    Ack {
+        /// The queue.
+        queue: QueueId,
+        /// The sequence numbers.
+        seqs: Vec<Seq>,
+    },
+    /// A queue has delivered messages up to `seq` (they come back redelivered).
+    Delivered {
+        /// The queue.
+        queue: QueueId,
+        /// The highest sequence number delivered.
+        seq: Seq,
+    },
+}
+
+fn finish(buf: &mut BytesMut, start: usize) {
+    let body_len = (buf.len() - start - HEADER_LEN) as u32;
+    let crc = crc32c::crc32c(&buf[start + HEADER_LEN..]);
+    buf[start..start + 4].copy_from_slice(&body_len.to_be_bytes());
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Appends a publish record.
+pub fn encode_publish(buf: &mut BytesMut, seq: Seq, queues: &[QueueId], payload: &[u8]) {
+    let start = buf.len();
+    buf.reserve(HEADER_LEN + 11 + queues.len() * 4 + payload.len());
+    buf.put_u64(0);
+    buf.put_u8(KIND_PUBLISH);
+    buf.put_u64(seq);
+    buf.put_u16(queues.len() as u16);
+    for q in queues {
+        buf.put_u32(*q);
+    }
+    buf.put_slice(payload);
+    finish(buf, start);
+}
+
+/// Appends an ack record.
+pub fn encode_ack(buf: &mut BytesMut, queue: QueueId, seqs: &[Seq]) {
+    let start = buf.len();
+    buf.reserve(HEADER_LEN + 9 + seqs.len() * 8);
+    buf.put_u64(0);
+    buf.put_u8(KIND_ACK);
+    buf.put_u32(queue);
+    buf.put_u32(seqs.len() as u32);
+    for s in seqs {
+        buf.put_u64(*s);
+    }
+    finish(buf, start);
+}
+
+/// Appends a delivered mark.
+pub fn encode_delivered(buf: &mut BytesMut, queue: QueueId, seq: Seq) {
+    let start = buf.len();
+    buf.put_u64(0);
+    buf.put_u8(KIND_DELIVERED);
+    buf.put_u32(queue);
+    buf.put_u64(seq);
+    finish(buf, start);
+}
+
+/// Size of a delivered mark on disk.
+pub const DELIVERED_LEN: usize = HEADER_LEN + 13;
+
+/// Why bytes are not a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalid {
+    /// The bytes end before the record does: a torn write if at the end of the journal.
+    Truncated,
+    /// The record is there but wrong (CRC mismatch, bad kind, bad lengths).
+    Damaged(String),
+}
+
+/// Decodes the record at the start of `data`, returning it and its total length.
+///
+/// # Errors
+/// [`Invalid::Truncated`] if `data` ends inside the record; [`Invalid::Damaged`] otherwise.
+pub fn decode(data: &Bytes) -> Result<(Record, usize), Invalid> {
+    if data.len() < HEADER_LEN {
+        return Err(Invalid::Truncated);
+    }
+    let len = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
+    let crc = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
+    if len == 0 || len > MAX_BODY_LEN {
+        return Err(Invalid::Damaged(format!("impossible record length {len}")));
+    }
+    if data.len() < HEADER_LEN + len {
+        return Err(Invalid::Truncated);
+    }
+    let body = data.slice(HEADER_LEN..HEADER_LEN + len);
+    if crc32c::crc32c(&body) != crc {
+        return Err(Invalid::Damaged("CRC mismatch".into()));
+    }
+    let damaged = |what: &str| Invalid::Damaged(format!("malformed {what} record"));
+    let record = match body[0] {
+        KIND_PUBLISH => {
+            if body.len() < 11 {
+                return Err(damaged("publish"));
+            }
+            let seq = u64::from_be_bytes(body[1..9].try_into().map_err(|_| damaged("publish"))?);
+            let count = u16::from_be_bytes([body[9], body[10]]) as usize;
+            let end = 11 + count * 4;
+            if body.len() < end {
+                return Err(damaged("publish"));
+            }
+            let queues = body[11..end]
+                .chunks_exact(4)
+                .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            Record::Publish { seq, queues, payload: body.slice(end..) }
+        }
+        KIND_ACK => {
+            if body.len() < 9 {
+                return Err(damaged("ack"));
+            }
+            let queue = u32::from_be_bytes([body[1], body[2], body[3], body[4]]);
+            let count = u32::from_be_bytes([body[5], body[6], body[7], body[8]]) as usize;
+            if body.len() != 9 + count * 8 {
+                return Err(damaged("ack"));
+            }
+            let seqs = body[9..]
+                .chunks_exact(8)
+                .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect();
+            Record::Ack { queue, seqs }
+        }
+        KIND_DELIVERED => {
+            if body.len() != 13 {
+                return Err(damaged("delivered"));
+            }
+            let queue = u32::from_be_bytes([body[1], body[2], body[3], body[4]]);
+            let seq = u64::from_be_bytes(body[5..13].try_into().map_err(|_| damaged("delivered"))?);
+            Record::Delivered { queue, seq }
+        }
+        other => return Err(Invalid::Damaged(format!("unknown record kind {other}"))),
+    };
+    Ok((record, HEADER_LEN + len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let mut buf = BytesMut::new();
+        encode_publish(&mut buf, 7, &[1, 2], b"hello");
+        encode_ack(&mut buf, 2, &[7, 9]);
+        let data = buf.freeze();
+        let (first, n) = decode(&data).unwrap();
+        assert_eq!(
+            first,
+            Record::Publish { seq: 7, queues: vec![1, 2], payload: Bytes::from_static(b"hello") }
+        );
+        let (second, m) = decode(&data.slice(n..)).unwrap();
+        assert_eq!(second, Record::Ack { queue: 2, seqs: vec![7, 9] });
+        assert_eq!(n + m, data.len());
+    }
+
+    #[test]
+    fn a_cut_record_is_truncated_and_a_flipped_bit_is_damage() {
+        let mut buf = BytesMut::new();
+        encode_publish(&mut buf, 1, &[1], b"payload");
+        let data = buf.freeze();
+        for cut in 0..data.len() {
+            assert_eq!(decode(&data.slice(..cut)).unwrap_err(), Invalid::Truncated);
+        }
+        let mut bad = data.to_vec();
+        bad[12] ^= 0x10;
+        assert!(matches!(decode(&Bytes::from(bad)), Err(Invalid::Damaged(_))));
+    }
+}
