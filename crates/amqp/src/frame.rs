@@ -39,6 +39,9 @@ impl ContentHeader {
 }
 
 /// One decoded frame.
+// Frames live for one loop iteration; boxing the big variants would cost an allocation per
+// frame on the hot path to save stack bytes nobody keeps.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
     /// A method frame.

@@ -16,7 +16,7 @@
 //! - [`vhost`]: virtual hosts and routing across exchanges.
 //! - [`message`]: messages and their delivery history.
 //! - [`persist`]: durable definitions and messages across restarts.
-//! - [`error`]: [`BrokerError`].
+//! - [`error`]: the [`BrokerError`] type.
 
 pub mod broker;
 pub mod definitions;

@@ -53,7 +53,7 @@ enum Waiting {
 
 /// An operation held back until `tx.commit`.
 enum TxOp {
-    Publish(Message, bool),
+    Publish(Box<Message>, bool),
     Settle(u64, bool, Settlement),
 }
 
@@ -232,7 +232,7 @@ impl Channel {
         };
         let mandatory = pending.publish.mandatory;
         if let Some(ops) = &mut self.tx {
-            ops.push(TxOp::Publish(message, mandatory));
+            ops.push(TxOp::Publish(Box::new(message), mandatory));
             return Ok(After::Continue);
         }
         let published = self.publish(ctx, message, mandatory);
@@ -551,7 +551,7 @@ impl Channel {
                 let mut durable_at = 0;
                 let result = ops.into_iter().try_for_each(|op| match op {
                     TxOp::Publish(message, mandatory) => {
-                        let lsn = self.publish(ctx, message, mandatory)?;
+                        let lsn = self.publish(ctx, *message, mandatory)?;
                         durable_at = durable_at.max(lsn.unwrap_or(0));
                         Ok(())
                     }

@@ -9,20 +9,12 @@ use postroom_testkit::TestBroker;
 #[tokio::test]
 async fn published_message_is_consumed_and_acked() {
     let broker = TestBroker::start().await;
-    let conn = Connection::connect(&broker.url(), ConnectionProperties::default())
-        .await
-        .unwrap();
+    let conn = Connection::connect(&broker.url(), ConnectionProperties::default()).await.unwrap();
     let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.queue_declare("smoke".into(), QueueDeclareOptions::default(), FieldTable::default())
         .await
         .unwrap();
-    ch.queue_declare(
-        "smoke".into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
     let confirm = ch
         .basic_publish(
             "".into(),

@@ -15,7 +15,7 @@
 //! - [`file`]: [`FileStore`], segments, the commit thread, recovery.
 //! - [`memory`]: [`MemoryStore`], the same contract without files.
 //! - [`config`]: [`StoreConfig`], [`Durability`], fault injection.
-//! - [`error`]: [`StoreError`].
+//! - [`error`]: the [`StoreError`] type.
 
 pub mod config;
 pub mod error;

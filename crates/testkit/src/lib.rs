@@ -85,6 +85,19 @@ impl ChildBroker {
     /// # Panics
     /// If it exits or is not ready in time.
     pub fn start(binary: &Path, data_dir: &Path, extra_args: &[&str]) -> ChildBroker {
+        ChildBroker::start_with_env(binary, data_dir, extra_args, &[])
+    }
+
+    /// As [`ChildBroker::start`], with extra environment variables (e.g. failpoints).
+    ///
+    /// # Panics
+    /// If it exits or is not ready in time.
+    pub fn start_with_env(
+        binary: &Path,
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ChildBroker {
         let mut broker = ChildBroker {
             binary: binary.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
@@ -92,17 +105,19 @@ impl ChildBroker {
             amqp: SocketAddr::from(([127, 0, 0, 1], 0)),
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
-        broker.spawn(extra_args);
+        broker.spawn(extra_args, env);
         broker
     }
 
-    fn spawn(&mut self, extra_args: &[&str]) {
+    fn spawn(&mut self, extra_args: &[&str], env: &[(&str, &str)]) {
         let mut child = Command::new(&self.binary)
             .arg("serve")
             .args(["--amqp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(extra_args)
+            .env_remove("POSTROOM_FAILPOINTS")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -184,7 +199,12 @@ impl ChildBroker {
     /// Starts the binary again on the same data dir (new ports).
     pub fn restart(&mut self, extra_args: &[&str]) {
         self.kill();
-        self.spawn(extra_args);
+        self.spawn(extra_args, &[]);
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 }
 

@@ -56,9 +56,7 @@ impl Pattern {
                     }
                 }
                 Word::One => {
-                    for i in 0..n {
-                        next[i + 1] = reach[i];
-                    }
+                    next[1..=n].copy_from_slice(&reach[..n]);
                 }
                 Word::Literal(literal) => {
                     for i in 0..n {
