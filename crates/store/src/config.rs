@@ -50,7 +50,10 @@ impl std::str::FromStr for Faults {
         for part in s.split(',').filter(|p| !p.is_empty()) {
             let (what, n) =
                 part.split_once(':').ok_or_else(|| format!("bad failpoint {part:?}"))?;
-            let n: u64 = n.parse().map_err(|_| format!("bad failpoint count in {part:?}"))?;
+            let n: u64 =
+                n.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    format!("bad failpoint count in {part:?} (counts start at 1)")
+                })?;
             match what {
                 "write" => faults.fail_write_at = Some(n),
                 "sync" => faults.fail_sync_at = Some(n),

@@ -32,6 +32,7 @@ use tokio::sync::watch;
 
 use crate::config::{Durability, StoreConfig};
 use crate::error::StoreError;
+use crate::ranges::RangeSet;
 use crate::record::{self, Invalid, Record, SEGMENT_MAGIC};
 use crate::{Lsn, Progress, QueueId, Recovered, RecoveredMessage, Seq, Store};
 
@@ -60,6 +61,9 @@ struct State {
     to_delete: Vec<SegmentId>,
     /// Delivered marks not yet written, highest per queue.
     marks: HashMap<QueueId, Seq>,
+    /// The messages each queue still references. Acks are checked against it, so a
+    /// repeated or stray ack can never release another queue's reference.
+    refs: HashMap<QueueId, RangeSet>,
     failed: Option<String>,
     closing: bool,
 }
@@ -81,13 +85,19 @@ impl State {
 
     /// Starts a new segment if a record of `size` bytes does not fit in the active one.
     fn make_room(&mut self, size: u64, segment_size: u64, next_seq: Seq) {
-        let header = SEGMENT_MAGIC.len() as u64;
-        if self.active_len + size > segment_size && self.active_len > header {
-            self.active += 1;
-            self.active_len = header;
-            self.segments.insert(self.active, SegmentMeta { live: 0 });
-            self.by_first_seq.insert(next_seq, self.active);
+        let start = (SEGMENT_MAGIC.len() + record::BASE_LEN) as u64;
+        if self.active_len + size > segment_size && self.active_len > start {
+            self.start_segment(self.active + 1, next_seq);
         }
+    }
+
+    /// Makes `id` the active segment, opening it with a base record.
+    fn start_segment(&mut self, id: SegmentId, next_seq: Seq) {
+        self.active = id;
+        self.active_len = (SEGMENT_MAGIC.len() + record::BASE_LEN) as u64;
+        self.segments.insert(id, SegmentMeta { live: 0 });
+        self.by_first_seq.insert(next_seq, id);
+        record::encode_base(self.batch_for(id), next_seq);
     }
 
     fn batch_for(&mut self, segment: SegmentId) -> &mut BytesMut {
@@ -163,6 +173,11 @@ impl FileStore {
     /// I/O errors, and [`StoreError::Corrupt`] for damage inside a segment unless
     /// `recover_skip_corrupt` is set.
     pub fn open(dir: &Path, config: StoreConfig) -> Result<FileStore, StoreError> {
+        config.validate().map_err(|reason| StoreError::Io {
+            op: "checking settings for",
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, reason),
+        })?;
         let journal = dir.join("journal");
         fs::create_dir_all(&journal).map_err(io("creating", &journal))?;
         let definitions = load_definitions(dir)?;
@@ -175,23 +190,37 @@ impl FileStore {
                 by_first_seq.insert(*first, *id);
             }
         }
-        let active = scan.segments.last().map_or(1, |(id, _)| id + 1);
-        segments.insert(active, SegmentMeta { live: 0 });
-        by_first_seq.insert(scan.next_seq, active);
+        // Appends continue in the newest segment if it recovered whole (or truncated);
+        // otherwise a new one goes above every file seen, skipped damaged ones included,
+        // so that no damaged file is ever appended to.
+        let reuse = scan.last.filter(|last| last.id == scan.highest_id);
+        let active = reuse.map_or(scan.highest_id + 1, |last| last.id);
         let mut state = State {
             next_seq: scan.next_seq,
             next_lsn: 1,
             active,
-            active_len: SEGMENT_MAGIC.len() as u64,
+            active_len: 0,
             batch: Vec::new(),
             batch_last_lsn: 0,
             segments,
             by_first_seq,
             to_delete: Vec::new(),
             marks: HashMap::new(),
+            refs: HashMap::new(),
             failed: None,
             closing: false,
         };
+        match reuse {
+            Some(last) => {
+                state.active_len = last.len as u64;
+                state.by_first_seq.entry(scan.next_seq).or_insert(active);
+                if !last.has_base {
+                    record::encode_base(state.batch_for(active), scan.next_seq);
+                    state.active_len += record::BASE_LEN as u64;
+                }
+            }
+            None => state.start_segment(active, scan.next_seq),
+        }
         let delivered = scan.delivered;
         let mut messages = Vec::with_capacity(scan.messages.len());
         for (seq, (queues, payload)) in scan.messages {
@@ -200,9 +229,35 @@ impl FileStore {
             {
                 meta.live += queues.len() as u64;
             }
+            for queue in &queues {
+                state.refs.entry(*queue).or_default().insert(seq);
+            }
             messages.push(RecoveredMessage { seq, queues, payload });
         }
         state.collect_dead_head();
+        // The new active segment is written and synced before anything is deleted, so the
+        // next sequence number is on disk even when every older segment goes.
+        let opening = std::mem::take(&mut state.batch);
+        if !opening.is_empty() {
+            let path = segment_path(&journal, active);
+            let mut file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io("creating", &path))?;
+            if reuse.is_none() {
+                file.write_all(SEGMENT_MAGIC).map_err(io("writing", &path))?;
+            }
+            for (_, data) in &opening {
+                file.write_all(data).map_err(io("writing", &path))?;
+            }
+            file.sync_all().map_err(io("syncing", &path))?;
+            sync_dir(&journal)?;
+        }
+        for id in std::mem::take(&mut state.to_delete) {
+            let dead = segment_path(&journal, id);
+            fs::remove_file(&dead).map_err(io("deleting", &dead))?;
+        }
         let (progress, _) = watch::channel(Progress::default());
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -240,8 +295,12 @@ impl Store for FileStore {
         let active = st.active;
         record::encode_publish(st.batch_for(active), seq, queues, payload);
         st.active_len += size;
+        let mut added = 0;
+        for queue in queues {
+            added += u64::from(st.refs.entry(*queue).or_default().insert(seq));
+        }
         if let Some(meta) = st.segments.get_mut(&active) {
-            meta.live += queues.len() as u64;
+            meta.live += added;
         }
         let lsn = st.next_lsn;
         st.next_lsn += 1;
@@ -257,8 +316,15 @@ impl Store for FileStore {
         }
         let mut st = self.shared.lock();
         st.check_writable()?;
+        let held: Vec<Seq> = match st.refs.get_mut(&queue) {
+            Some(refs) => seqs.iter().copied().filter(|seq| refs.remove(*seq)).collect(),
+            None => Vec::new(),
+        };
+        if st.refs.get(&queue).is_some_and(RangeSet::is_empty) {
+            st.refs.remove(&queue);
+        }
         // Big acks (a purge) are split so that no record outgrows a segment.
-        for chunk in seqs.chunks(64 * 1024) {
+        for chunk in held.chunks(64 * 1024) {
             let size = (record::HEADER_LEN + 9 + chunk.len() * 8) as u64;
             let next_seq = st.next_seq;
             st.make_room(size, self.shared.config.segment_size, next_seq);
@@ -269,7 +335,7 @@ impl Store for FileStore {
             st.next_lsn += 1;
             st.batch_last_lsn = lsn;
         }
-        for &seq in seqs {
+        for &seq in &held {
             if let Some(id) = st.segment_of(seq)
                 && let Some(meta) = st.segments.get_mut(&id)
             {
@@ -353,6 +419,11 @@ impl Writer {
         self.writes += 1;
         if shared.config.faults.fail_write_at == Some(self.writes) {
             return Err(format!("injected failure of write {}", self.writes));
+        }
+        // Sync older segments before the first write to a newer one, so that only the
+        // newest segment can ever have a torn end (recovery relies on it).
+        if shared.config.durability != Durability::None && self.unsynced.iter().any(|s| *s < id) {
+            self.sync(shared)?;
         }
         let journal = shared.journal.clone();
         let file = self.file(&journal, id)?;
@@ -469,6 +540,20 @@ struct Scan {
     messages: BTreeMap<Seq, (Vec<QueueId>, Bytes)>,
     delivered: HashMap<QueueId, Seq>,
     next_seq: Seq,
+    /// The highest segment id found, damaged or not.
+    highest_id: SegmentId,
+    /// The newest segment, if it recovered whole (after truncating a torn tail).
+    last: Option<LastSegment>,
+}
+
+/// The newest segment as recovery left it, for appends to continue in it.
+#[derive(Debug, Clone, Copy)]
+struct LastSegment {
+    id: SegmentId,
+    /// Bytes of whole records (and magic) it holds.
+    len: usize,
+    /// Whether it starts with a base record.
+    has_base: bool,
 }
 
 fn list_segments(journal: &Path) -> Result<Vec<SegmentId>, StoreError> {
@@ -485,19 +570,18 @@ fn list_segments(journal: &Path) -> Result<Vec<SegmentId>, StoreError> {
     Ok(ids)
 }
 
-/// Whether the damage at `pos` is the torn end of the journal rather than damage inside
-/// it: true if nothing after it parses as a record.
-fn is_torn_tail(data: &Bytes, pos: usize) -> bool {
-    let rest = &data[pos..];
-    if rest.iter().all(|b| *b == 0) || rest.len() < record::HEADER_LEN {
-        return true;
-    }
-    let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-    let next = pos + record::HEADER_LEN + len;
-    if len == 0 || len > record::MAX_BODY_LEN || next >= data.len() {
-        return true;
-    }
-    record::decode(&data.slice(next..)).is_err()
+/// Where the next whole, CRC-valid record after `pos` starts, if any. The damaged
+/// record's own length field is not trusted (it may be the damaged part).
+fn next_valid_record(data: &Bytes, pos: usize) -> Option<usize> {
+    (pos + 1..data.len().saturating_sub(record::HEADER_LEN)).find(|&at| {
+        let rest = &data[at..];
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        // Cheap rejections first; only a plausible length gets a CRC check.
+        len != 0
+            && len <= record::MAX_BODY_LEN
+            && record::HEADER_LEN + len <= rest.len()
+            && record::decode(&data.slice(at..)).is_ok()
+    })
 }
 
 fn recover(journal: &Path, skip_corrupt: bool) -> Result<Scan, StoreError> {
@@ -507,10 +591,12 @@ fn recover(journal: &Path, skip_corrupt: bool) -> Result<Scan, StoreError> {
         messages: BTreeMap::new(),
         delivered: HashMap::new(),
         next_seq: 1,
+        highest_id: 0,
+        last: None,
     };
     for (index, &id) in ids.iter().enumerate() {
         let path = segment_path(journal, id);
-        let data = Bytes::from(fs::read(&path).map_err(io("reading", &path))?);
+        let mut data = Bytes::from(fs::read(&path).map_err(io("reading", &path))?);
         let is_last = index + 1 == ids.len();
         let corrupt = |offset: usize, reason: String| StoreError::Corrupt {
             path: path.clone(),
@@ -524,6 +610,7 @@ fn recover(journal: &Path, skip_corrupt: bool) -> Result<Scan, StoreError> {
                 fs::remove_file(&path).map_err(io("removing", &path))?;
                 continue;
             }
+            scan.highest_id = id;
             let error = corrupt(0, "not a Postroom segment (bad magic)".into());
             if !skip_corrupt {
                 return Err(error);
@@ -531,37 +618,52 @@ fn recover(journal: &Path, skip_corrupt: bool) -> Result<Scan, StoreError> {
             tracing::error!(%error, "skipping the whole segment");
             continue;
         }
+        scan.highest_id = id;
         let mut first_seq = None;
         let mut pos = SEGMENT_MAGIC.len();
+        let mut has_base = false;
+        let mut whole = true;
         while pos < data.len() {
             match record::decode(&data.slice(pos..)) {
                 Ok((record, len)) => {
+                    has_base |= pos == SEGMENT_MAGIC.len() && matches!(record, Record::Base { .. });
                     apply(&mut scan, &mut first_seq, record);
                     pos += len;
                 }
-                Err(Invalid::Truncated) => {
-                    truncate(&path, pos, data.len(), is_last)?;
-                    break;
-                }
-                Err(Invalid::Damaged(reason)) => {
-                    if is_torn_tail(&data, pos) {
-                        truncate(&path, pos, data.len(), is_last)?;
+                Err(invalid) => {
+                    // Only the end of the newest segment can be torn: before writing to a
+                    // new segment the commit thread syncs the older ones, so damage
+                    // anywhere else is damage to records that were confirmed.
+                    let resume = next_valid_record(&data, pos);
+                    if is_last && resume.is_none() {
+                        truncate(&path, pos, data.len())?;
+                        data.truncate(pos);
                         break;
                     }
+                    whole = false;
+                    let reason = match invalid {
+                        Invalid::Truncated => "record cut short before later records".into(),
+                        Invalid::Damaged(reason) => reason,
+                    };
                     let error = corrupt(pos, reason);
                     if !skip_corrupt {
                         return Err(error);
                     }
-                    tracing::error!(%error, "skipping damaged record");
-                    let len = u32::from_be_bytes([
-                        data[pos],
-                        data[pos + 1],
-                        data[pos + 2],
-                        data[pos + 3],
-                    ]) as usize;
-                    pos += record::HEADER_LEN + len;
+                    match resume {
+                        Some(at) => {
+                            tracing::error!(%error, resume_at = at, "skipping damaged bytes");
+                            pos = at;
+                        }
+                        None => {
+                            tracing::error!(%error, "skipping the rest of the segment");
+                            break;
+                        }
+                    }
                 }
             }
+        }
+        if is_last && whole {
+            scan.last = Some(LastSegment { id, len: data.len(), has_base });
         }
         scan.segments.push((id, first_seq));
     }
@@ -581,7 +683,7 @@ fn apply(scan: &mut Scan, first_seq: &mut Option<Seq>, record: Record) {
             for seq in seqs {
                 if let Some((queues, _)) = scan.messages.get_mut(&seq) {
                     if let Some(i) = queues.iter().position(|q| *q == queue) {
-                        queues.swap_remove(i);
+                        queues.remove(i);
                     }
                     if queues.is_empty() {
                         scan.messages.remove(&seq);
@@ -589,6 +691,7 @@ fn apply(scan: &mut Scan, first_seq: &mut Option<Seq>, record: Record) {
                 }
             }
         }
+        Record::Base { next_seq } => scan.next_seq = scan.next_seq.max(next_seq),
         Record::Delivered { queue, seq } => {
             let mark = scan.delivered.entry(queue).or_insert(seq);
             *mark = (*mark).max(seq);
@@ -598,12 +701,11 @@ fn apply(scan: &mut Scan, first_seq: &mut Option<Seq>, record: Record) {
 
 /// Cuts a torn tail off a segment. Only unconfirmed records can be in it: a confirm waits
 /// for the sync of everything before it.
-fn truncate(path: &Path, at: usize, len: usize, is_last: bool) -> Result<(), StoreError> {
+fn truncate(path: &Path, at: usize, len: usize) -> Result<(), StoreError> {
     tracing::warn!(
         path = %path.display(),
         offset = at,
         dropped_bytes = len - at,
-        last_segment = is_last,
         "truncating a torn tail"
     );
     let file = OpenOptions::new().write(true).open(path).map_err(io("opening", path))?;

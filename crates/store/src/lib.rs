@@ -14,6 +14,7 @@
 //! - [`record`]: the record format (length, CRC32C, kind) and its decoder.
 //! - [`file`]: [`FileStore`], segments, the commit thread, recovery.
 //! - [`memory`]: [`MemoryStore`], the same contract without files.
+//! - [`ranges`]: [`ranges::RangeSet`], a queue's references as ranges.
 //! - [`config`]: [`StoreConfig`], [`Durability`], fault injection.
 //! - [`error`]: the [`StoreError`] type.
 
@@ -21,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod file;
 pub mod memory;
+pub mod ranges;
 pub mod record;
 
 use bytes::Bytes;

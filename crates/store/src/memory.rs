@@ -19,6 +19,8 @@ struct State {
     definitions: Option<Bytes>,
     delivered: std::collections::HashMap<QueueId, Seq>,
     closed: bool,
+    /// Whether `take_recovered` ran since the store was (re)opened.
+    taken: bool,
 }
 
 /// An in-memory store.
@@ -58,14 +60,22 @@ impl MemoryStore {
         }
     }
 
-    /// Reopens after a simulated clean restart.
+    /// Reopens after a simulated clean restart: appends work again and
+    /// `take_recovered` returns what the store holds.
     pub fn reopen(&self) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).closed = false;
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.closed = false;
+        st.taken = false;
     }
 }
 
 impl Store for MemoryStore {
     fn take_recovered(&self) -> Recovered {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if std::mem::replace(&mut st.taken, true) {
+            return Recovered::default();
+        }
+        drop(st);
         self.snapshot()
     }
 
@@ -92,7 +102,7 @@ impl Store for MemoryStore {
         for seq in seqs {
             if let Some((queues, _)) = st.messages.get_mut(seq) {
                 if let Some(i) = queues.iter().position(|q| *q == queue) {
-                    queues.swap_remove(i);
+                    queues.remove(i);
                 }
                 if queues.is_empty() {
                     st.messages.remove(seq);

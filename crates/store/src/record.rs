@@ -6,6 +6,7 @@
 //! publish = 1 seq:u64 count:u16 queue:u32×count payload…
 //! ack     = 2 queue:u32 count:u32 seq:u64×count
 //! deliver = 3 queue:u32 seq:u64             (the queue has delivered up to seq)
+//! base    = 4 next_seq:u64                  (first record of every segment)
 //! ```
 //!
 //! A segment file starts with [`SEGMENT_MAGIC`]. Records never span segments.
@@ -24,6 +25,7 @@ pub const MAX_BODY_LEN: usize = 1 << 30;
 const KIND_PUBLISH: u8 = 1;
 const KIND_ACK: u8 = 2;
 const KIND_DELIVERED: u8 = 3;
+const KIND_BASE: u8 = 4;
 
 /// A decoded record body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +45,12 @@ pub enum Record {
         queue: QueueId,
         /// The sequence numbers.
         seqs: Vec<Seq>,
+    },
+    /// Opens every segment: the sequence number the next publish gets, so that numbers are
+    /// never reused even when every publish record has been deleted.
+    Base {
+        /// The next sequence number.
+        next_seq: Seq,
     },
     /// A queue has delivered messages up to `seq` (they come back redelivered).
     Delivered {
@@ -98,6 +106,18 @@ pub fn encode_delivered(buf: &mut BytesMut, queue: QueueId, seq: Seq) {
     buf.put_u64(seq);
     finish(buf, start);
 }
+
+/// Appends a base record.
+pub fn encode_base(buf: &mut BytesMut, next_seq: Seq) {
+    let start = buf.len();
+    buf.put_u64(0);
+    buf.put_u8(KIND_BASE);
+    buf.put_u64(next_seq);
+    finish(buf, start);
+}
+
+/// Size of a base record on disk.
+pub const BASE_LEN: usize = HEADER_LEN + 9;
 
 /// Size of a delivered mark on disk.
 pub const DELIVERED_LEN: usize = HEADER_LEN + 13;
@@ -171,6 +191,13 @@ pub fn decode(data: &Bytes) -> Result<(Record, usize), Invalid> {
             let queue = u32::from_be_bytes([body[1], body[2], body[3], body[4]]);
             let seq = u64::from_be_bytes(body[5..13].try_into().map_err(|_| damaged("delivered"))?);
             Record::Delivered { queue, seq }
+        }
+        KIND_BASE => {
+            let next_seq =
+                body.get(1..9).filter(|_| body.len() == 9).ok_or_else(|| damaged("base"))?;
+            Record::Base {
+                next_seq: u64::from_be_bytes(next_seq.try_into().map_err(|_| damaged("base"))?),
+            }
         }
         other => return Err(Invalid::Damaged(format!("unknown record kind {other}"))),
     };

@@ -1,0 +1,226 @@
+//! [`FileStore`] segments: a small `segment_size` splits the journal into several
+//! `<dir>/journal/*.seg` files, and segments whose messages are all acked are deleted.
+//!
+//! Current behaviour, pinned down here: deletion is head-first. A segment is deleted only
+//! once it and every older segment hold no unacked message, so one straggler in the oldest
+//! segment keeps every later segment on disk however dead they are (a space cost, never a
+//! correctness one: an ack record can only refer to messages in its own or older segments).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{
+    Model, payload, poll_until, published_seqs, segment_files, segment_id, small_segments,
+    wait_durable,
+};
+use postroom_store::record::SEGMENT_MAGIC;
+use postroom_store::{Durability, FileStore, QueueId, Seq, Store, StoreConfig};
+use tempfile::TempDir;
+
+/// A queue used only by [`Fixture::settle`]'s barrier messages.
+const BARRIER: QueueId = 999;
+
+/// A [`FileStore`] with 64 KiB segments in a temporary directory, and its model.
+struct Fixture {
+    dir: TempDir,
+    config: StoreConfig,
+    store: FileStore,
+    model: Model,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("creating a temporary directory");
+        let config = small_segments(Durability::Fsync);
+        let store = FileStore::open(dir.path(), config.clone()).expect("opening a FileStore");
+        Fixture { dir, config, store, model: Model::default() }
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Appends `count` 1 KiB payloads (about 62 to a segment) to `queues`, waits until
+    /// they are durable and returns their seqs.
+    fn fill(&mut self, queues: &[QueueId], count: u64) -> Vec<Seq> {
+        let mut seqs = Vec::new();
+        let mut last = 0;
+        for n in 0..count {
+            let data = payload(n, 1024);
+            let (seq, lsn) = self.store.append(queues, &data).expect("append");
+            self.model.publish(seq, queues, &data);
+            seqs.push(seq);
+            last = lsn;
+        }
+        wait_durable(&self.store, last);
+        seqs
+    }
+
+    fn ack(&mut self, queue: QueueId, seqs: &[Seq]) {
+        self.store.ack(queue, seqs).expect("ack");
+        self.model.ack(queue, seqs);
+    }
+
+    /// Each segment file with the seqs it publishes.
+    fn layout(&self) -> Vec<(PathBuf, Vec<Seq>)> {
+        segment_files(self.dir())
+            .into_iter()
+            .map(|path| (path.clone(), published_seqs(&path)))
+            .collect()
+    }
+
+    /// Returns once the commit thread has carried out every deletion queued so far: it
+    /// publishes a batch's progress before deleting, so the second of two barriers made
+    /// durable one after the other proves the deletions queued before the first are done.
+    fn settle(&mut self) {
+        for _ in 0..2 {
+            let (seq, lsn) = self.store.append(&[BARRIER], b"barrier").expect("append");
+            wait_durable(&self.store, lsn);
+            self.store.ack(BARRIER, &[seq]).expect("ack");
+        }
+    }
+
+    /// Closes and reopens the store, checking that it recovers exactly the model.
+    fn reopen(&mut self) {
+        self.store.close().expect("close");
+        self.store = FileStore::open(self.dir.path(), self.config.clone()).expect("reopen");
+        assert_eq!(self.store.take_recovered().messages, self.model.messages());
+    }
+}
+
+fn exists(paths: &[PathBuf]) -> Vec<bool> {
+    paths.iter().map(|path| path.exists()).collect()
+}
+
+#[test]
+fn many_appends_with_a_small_segment_size_fill_several_segment_files() {
+    let mut f = Fixture::new();
+    let seqs = f.fill(&[1], 300);
+    let layout = f.layout();
+    assert!(layout.len() >= 4, "300 KiB in 64 KiB segments made only {} files", layout.len());
+    let ids: Vec<u64> = layout.iter().map(|(path, _)| segment_id(path)).collect();
+    assert_eq!(ids, (1..=ids.len() as u64).collect::<Vec<_>>(), "segment ids are consecutive");
+    for (path, in_segment) in &layout {
+        let data = std::fs::read(path).expect("reading a segment");
+        assert!(data.starts_with(SEGMENT_MAGIC), "{}", path.display());
+        assert!(data.len() as u64 <= f.config.segment_size, "{} outgrew its size", path.display());
+        assert!(!in_segment.is_empty(), "{} holds no message", path.display());
+    }
+    let on_disk: Vec<Seq> = layout.into_iter().flat_map(|(_, seqs)| seqs).collect();
+    assert_eq!(on_disk, seqs, "every message is in exactly one segment, in seq order");
+    f.reopen();
+}
+
+#[test]
+fn segments_whose_messages_are_all_acked_are_deleted_oldest_first() {
+    let mut f = Fixture::new();
+    f.fill(&[1], 300);
+    let layout = f.layout();
+    let paths: Vec<PathBuf> = layout.iter().map(|(path, _)| path.clone()).collect();
+
+    // The second segment dies first, but the live head keeps it.
+    f.ack(1, &layout[1].1);
+    f.settle();
+    assert!(paths.iter().all(|path| path.exists()), "{:?}", exists(&paths));
+
+    // Once the head dies too, both go, and nothing after them.
+    f.ack(1, &layout[0].1);
+    poll_until("the two oldest segments to be deleted", || {
+        !paths[0].exists() && !paths[1].exists()
+    });
+    f.settle();
+    assert!(paths[2..].iter().all(|path| path.exists()), "{:?}", exists(&paths));
+    f.reopen();
+}
+
+#[test]
+fn a_straggler_in_the_head_segment_keeps_it_and_every_later_segment() {
+    let mut f = Fixture::new();
+    f.fill(&[1], 300);
+    let layout = f.layout();
+    let paths: Vec<PathBuf> = layout.iter().map(|(path, _)| path.clone()).collect();
+    let (straggler, head_rest) = layout[0].1.split_last().expect("a message in the head");
+    f.ack(1, head_rest);
+    f.ack(1, &layout[1].1);
+    f.ack(1, &layout[2].1);
+    f.settle();
+    assert!(paths.iter().all(|path| path.exists()), "{:?}", exists(&paths));
+
+    // Recovery does not change that: the head is still live after a reopen.
+    f.reopen();
+    f.settle();
+    assert!(paths.iter().all(|path| path.exists()), "{:?}", exists(&paths));
+
+    f.ack(1, &[*straggler]);
+    poll_until("the three oldest segments to be deleted", || {
+        paths[..3].iter().all(|path| !path.exists())
+    });
+    f.settle();
+    assert!(paths[3..].iter().all(|path| path.exists()), "{:?}", exists(&paths));
+    f.reopen();
+}
+
+#[test]
+fn everything_recovers_after_segments_were_deleted() {
+    let mut f = Fixture::new();
+    let mut seqs = f.fill(&[1], 200);
+    seqs.extend(f.fill(&[1, 2], 200));
+    let only_queue_1: Vec<PathBuf> = f
+        .layout()
+        .into_iter()
+        .filter(|(_, in_segment)| in_segment.iter().all(|seq| *seq <= seqs[199]))
+        .map(|(path, _)| path)
+        .collect();
+    assert!(only_queue_1.len() >= 2, "{only_queue_1:?}");
+
+    // Queue 1 acks in order, with restarts in between; queue 2 keeps the second half.
+    for chunk in seqs.chunks(100) {
+        f.ack(1, chunk);
+        f.settle();
+        f.reopen();
+    }
+    assert!(only_queue_1.iter().all(|path| !path.exists()), "{:?}", exists(&only_queue_1));
+    assert_eq!(f.model.messages().len(), 200);
+
+    // New messages continue above the old ones and recover alongside them.
+    let more = f.fill(&[3], 50);
+    assert!(more[0] > seqs[seqs.len() - 1]);
+    f.reopen();
+    f.ack(2, &seqs[200..]);
+    f.ack(3, &more);
+    f.settle();
+    f.reopen();
+    assert!(f.model.messages().is_empty());
+}
+
+#[test]
+fn a_dead_active_segment_stays_active_after_a_reopen_and_seqs_continue() {
+    let mut f = Fixture::new();
+    let seqs = f.fill(&[1], 10);
+    f.ack(1, &seqs);
+    f.settle();
+    let paths = segment_files(f.dir());
+    assert_eq!(paths.len(), 1, "the active segment is never deleted while active");
+    f.reopen();
+    // Appends continue in the newest segment after a reopen, so it is still there and no
+    // new file was started.
+    assert_eq!(segment_files(f.dir()), paths);
+    let next = f.fill(&[1], 1);
+    assert!(next[0] > *seqs.last().expect("seqs"), "sequence numbers are never reused");
+}
+
+#[test]
+fn a_repeated_ack_does_not_delete_a_segment_that_still_holds_a_message() {
+    let mut f = Fixture::new();
+    f.fill(&[1], 300);
+    let layout = f.layout();
+    let head = layout[0].0.clone();
+    let (straggler, head_rest) = layout[0].1.split_last().expect("a message in the head");
+    f.ack(1, head_rest);
+    // A consumer's duplicate ack (e.g. after a redelivery) of the one message acked last.
+    f.ack(1, &[head_rest[head_rest.len() - 1]]);
+    f.settle();
+    assert!(head.exists(), "the head segment was deleted while message {straggler} is unacked");
+    f.reopen();
+}
