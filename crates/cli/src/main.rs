@@ -3,12 +3,15 @@
 //!
 //! Layout:
 //! - `main.rs`: the command line and `serve`.
+//! - `bench.rs`: `postroom bench`, the load generator.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+
+mod bench;
 use postroom_server::{Server, ServerConfig};
 
 #[derive(Parser)]
@@ -26,6 +29,8 @@ struct Cli {
 enum Command {
     /// Run the broker.
     Serve(ServeArgs),
+    /// Measure any AMQP 0-9-1 broker: publish and consume rates, end-to-end latency.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -136,6 +141,10 @@ fn main() -> anyhow::Result<()> {
                 .init();
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(serve(args))
+        }
+        Command::Bench(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(bench::run(args))
         }
     }
 }
