@@ -353,6 +353,10 @@ impl Channel {
                 ));
             }
             Method::ChannelFlow(flow) => {
+                // Matches RabbitMQ 3.x, which refuses to pause deliveries by channel.flow.
+                if !flow.active {
+                    return Err(Close::new(reply::NOT_IMPLEMENTED, "active=false"));
+                }
                 shared.lock().channel_flow(key, flow.active)?;
                 out.method(n, ChannelFlowOk { active: flow.active });
             }
@@ -514,8 +518,13 @@ impl Channel {
                 self.settle(ctx, m.delivery_tag, m.multiple, requeue_or_discard(m.requeue))?
             }
             Method::BasicRecover(m) => {
-                shared.lock().basic_recover(key, m.requeue)?;
+                if !m.requeue {
+                    return Err(Close::new(reply::NOT_IMPLEMENTED, "requeue=false"));
+                }
+                // recover-ok goes out before the redeliveries, as RabbitMQ sends it: clients
+                // (lapin) drop deliveries that arrive before it.
                 out.method(n, BasicRecoverOk {});
+                shared.lock().basic_recover(key, m.requeue)?;
             }
             Method::BasicRecoverAsync(m) => shared.lock().basic_recover(key, m.requeue)?,
             Method::ConfirmSelect(m) => {

@@ -280,15 +280,31 @@ async fn run(
         };
         let frame_max = match tune.frame_max {
             0 => config.frame_max,
-            n if n < FRAME_MIN_SIZE || n > config.frame_max => {
-                let text = format!("frame_max={n} outside {FRAME_MIN_SIZE}..={}", config.frame_max);
-                return Err(End::Close(Close::new(reply::SYNTAX_ERROR, text), 10, 31));
+            n if n < FRAME_MIN_SIZE => {
+                let text = format!(
+                    "negotiated frame_max = {n} is lower than the minimum allowed value ({FRAME_MIN_SIZE})"
+                );
+                return Err(End::Close(Close::new(reply::NOT_ALLOWED, text), 10, 31));
+            }
+            n if n > config.frame_max => {
+                let text = format!(
+                    "negotiated frame_max = {n} is higher than the maximum allowed value ({})",
+                    config.frame_max
+                );
+                return Err(End::Close(Close::new(reply::NOT_ALLOWED, text), 10, 31));
             }
             n => n,
         };
         let channel_max = match tune.channel_max {
             0 => config.channel_max,
-            n => n.min(config.channel_max),
+            n if n > config.channel_max => {
+                let text = format!(
+                    "negotiated channel_max = {n} is higher than the maximum allowed value ({})",
+                    config.channel_max
+                );
+                return Err(End::Close(Close::new(reply::NOT_ALLOWED, text), 10, 31));
+            }
+            n => n,
         };
         Ok::<_, End>((user, frame_max, channel_max, tune.heartbeat))
     };

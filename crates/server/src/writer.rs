@@ -102,6 +102,12 @@ pub async fn run(
     while let Some(msg) = queue.recv().await {
         let max = frame_max.load(Ordering::Relaxed);
         encode(msg, max, &mut buf);
+        // Let the tasks producing for this connection run once before writing, so that under
+        // load one write carries many frames instead of one syscall per frame; when idle this
+        // costs one trip through the scheduler.
+        if queue.is_empty() {
+            tokio::task::yield_now().await;
+        }
         while buf.len() < MAX_BATCH_BYTES {
             match queue.try_recv() {
                 Ok(msg) => encode(msg, max, &mut buf),
