@@ -7,16 +7,21 @@
 //! `--duration` seconds, whichever is given (`--count` wins), plus up to 10 s for consumers
 //! to drain.
 
+mod client;
+
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use futures_lite::StreamExt;
+use bytes::Bytes;
 use hdrhistogram::Histogram;
-use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use postroom_amqp::method::*;
+use postroom_amqp::{BasicProperties, FieldTable, FieldValue, Frame, Method, ShortStr};
+use tokio::sync::Semaphore;
+
+use client::{Url, call};
 
 /// `postroom bench` arguments.
 #[derive(clap::Args, Debug, Clone)]
@@ -81,17 +86,19 @@ struct Counters {
     nacked: AtomicU64,
     consumed: AtomicU64,
     errors: AtomicU64,
+    /// Set when consumers must stop waiting for messages that did not come.
+    abandon: AtomicBool,
 }
 
 fn queue_arguments(args: &BenchArgs) -> anyhow::Result<FieldTable> {
-    let mut table = FieldTable::default();
+    let mut table = FieldTable::new();
     for arg in &args.queue_args {
         let (key, value) = arg.split_once('=').context("--queue-arg takes KEY=VALUE")?;
         let value = match value.parse::<i64>() {
-            Ok(n) => AMQPValue::LongLongInt(n),
-            Err(_) => AMQPValue::LongString(value.into()),
+            Ok(n) => FieldValue::I64(n),
+            Err(_) => FieldValue::string(value),
         };
-        table.insert(ShortString::from(key), value);
+        table.insert(key, value);
     }
     Ok(table)
 }
@@ -104,150 +111,224 @@ fn queue_names(args: &BenchArgs) -> Vec<String> {
     }
 }
 
-async fn connect(url: &str) -> anyhow::Result<(Connection, Channel)> {
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
-    let channel = conn.create_channel().await?;
-    Ok((conn, channel))
+async fn expect_reply(
+    reader: &mut client::Reader,
+    writer: &mut client::Writer,
+    method: impl Into<Method>,
+    what: &str,
+) -> anyhow::Result<Method> {
+    call(reader, writer, method).await.with_context(|| what.to_string())
 }
 
-async fn declare(args: &BenchArgs) -> anyhow::Result<String> {
-    let (conn, channel) = connect(&args.url).await?;
+/// Declares the queues (and the fanout exchange), returning the exchange to publish to.
+async fn declare(args: &BenchArgs, url: &Url) -> anyhow::Result<String> {
+    let (mut reader, mut writer) = client::connect(url).await?;
     let arguments = queue_arguments(args)?;
     for queue in queue_names(args) {
-        let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
-        let options = QueueDeclareOptions { durable: args.persistent, ..Default::default() };
-        channel.queue_declare(queue.as_str().into(), options, arguments.clone()).await?;
+        let delete = QueueDelete { queue: queue.as_str().into(), ..Default::default() };
+        expect_reply(&mut reader, &mut writer, delete, "deleting an old bench queue").await?;
+        let declare = QueueDeclare {
+            queue: queue.as_str().into(),
+            durable: args.persistent,
+            arguments: arguments.clone(),
+            ..Default::default()
+        };
+        expect_reply(&mut reader, &mut writer, declare, "declaring the bench queue").await?;
     }
-    let exchange = if args.fanout > 0 {
-        let exchange = format!("{}-fanout", args.queue);
-        let options = ExchangeDeclareOptions { durable: args.persistent, ..Default::default() };
-        channel
-            .exchange_declare(
-                exchange.as_str().into(),
-                ExchangeKind::Fanout,
-                options,
-                FieldTable::default(),
-            )
-            .await?;
-        for queue in queue_names(args) {
-            channel
-                .queue_bind(
-                    queue.as_str().into(),
-                    exchange.as_str().into(),
-                    "".into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-        }
-        exchange
-    } else {
-        String::new()
+    if args.fanout == 0 {
+        client::close(reader, writer).await;
+        return Ok(String::new());
+    }
+    let exchange = format!("{}-fanout", args.queue);
+    let declare = ExchangeDeclare {
+        exchange: exchange.as_str().into(),
+        kind: "fanout".into(),
+        durable: args.persistent,
+        ..Default::default()
     };
-    conn.close(200, "declared".into()).await?;
+    expect_reply(&mut reader, &mut writer, declare, "declaring the fanout exchange").await?;
+    for queue in queue_names(args) {
+        let bind = QueueBind {
+            queue: queue.as_str().into(),
+            exchange: exchange.as_str().into(),
+            ..Default::default()
+        };
+        expect_reply(&mut reader, &mut writer, bind, "binding a bench queue").await?;
+    }
+    client::close(reader, writer).await;
     Ok(exchange)
+}
+
+/// Counts confirms (acks with or without `multiple`, in any order) and returns window
+/// permits as they come.
+#[derive(Default)]
+struct ConfirmTracker {
+    contiguous: u64,
+    above: BTreeSet<u64>,
+}
+
+impl ConfirmTracker {
+    /// Records a confirm, returning how many publishes it newly settled.
+    fn settle(&mut self, tag: u64, multiple: bool) -> u64 {
+        let before = self.contiguous + self.above.len() as u64;
+        if multiple && tag > self.contiguous {
+            self.contiguous = tag;
+            self.above = self.above.split_off(&(tag + 1));
+        } else if tag > self.contiguous {
+            self.above.insert(tag);
+        }
+        while self.above.remove(&(self.contiguous + 1)) {
+            self.contiguous += 1;
+        }
+        (self.contiguous + self.above.len() as u64).saturating_sub(before)
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn produce(
     args: Arc<BenchArgs>,
+    url: Url,
     exchange: String,
     quota: u64,
     start: Instant,
     deadline: Instant,
     counters: Arc<Counters>,
 ) -> anyhow::Result<()> {
-    let (conn, channel) = connect(&args.url).await?;
-    if args.confirm > 0 {
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let (mut reader, mut writer) = client::connect(&url).await?;
+    let window = Arc::new(Semaphore::new(args.confirm));
+    let (confirms, reader) = if args.confirm > 0 {
+        let reply = call(&mut reader, &mut writer, ConfirmSelect { nowait: false }).await?;
+        if !matches!(reply, Method::ConfirmSelectOk(_)) {
+            bail!("expected confirm.select-ok, got {}", reply.name());
+        }
+        let (window, counters) = (window.clone(), counters.clone());
+        let confirms = Some(tokio::spawn(async move {
+            let mut tracker = ConfirmTracker::default();
+            loop {
+                let (tag, multiple, acked) = match reader.frame().await {
+                    Ok(Frame::Method { method: Method::BasicAck(a), .. }) => {
+                        (a.delivery_tag, a.multiple, true)
+                    }
+                    Ok(Frame::Method { method: Method::BasicNack(n), .. }) => {
+                        (n.delivery_tag, n.multiple, false)
+                    }
+                    Ok(_) => continue,
+                    Err(_) => break,
+                };
+                let settled = tracker.settle(tag, multiple);
+                let counter = if acked { &counters.confirmed } else { &counters.nacked };
+                counter.fetch_add(settled, Ordering::Relaxed);
+                window.add_permits(settled as usize);
+            }
+        }));
+        (confirms, None)
+    } else {
+        (None, Some(reader))
+    };
+    let routing_key: ShortStr =
+        if args.fanout > 0 { ShortStr::EMPTY } else { args.queue.as_str().into() };
+    let exchange: ShortStr = exchange.as_str().into();
+    let properties = BasicProperties {
+        delivery_mode: Some(if args.persistent { 2 } else { 1 }),
+        ..Default::default()
     }
-    let routing_key = if args.fanout > 0 { String::new() } else { args.queue.clone() };
-    let mut properties = BasicProperties::default();
-    if args.persistent {
-        properties = properties.with_delivery_mode(2);
-    }
+    .to_bytes();
     let mut body = vec![0u8; args.size.max(8)];
-    let mut outstanding = std::collections::VecDeque::new();
-    let per_tick = (args.rate as f64 / args.producers as f64 / 1000.0).max(0.0);
+    let per_ms = args.rate as f64 / args.producers as f64 / 1000.0;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     let mut allowance = 0.0f64;
     let mut sent = 0u64;
     while sent < quota && Instant::now() < deadline {
+        let mut batch = (quota - sent).min(64);
         if args.rate > 0 {
             if allowance < 1.0 {
                 tick.tick().await;
-                allowance += per_tick;
+                allowance += per_ms;
                 continue;
             }
-            allowance -= 1.0;
+            batch = batch.min(allowance as u64);
+            allowance -= batch as f64;
         }
-        let now = start.elapsed().as_nanos() as u64;
-        body[..8].copy_from_slice(&now.to_be_bytes());
-        let confirm = channel
-            .basic_publish(
-                exchange.as_str().into(),
-                routing_key.as_str().into(),
-                BasicPublishOptions::default(),
-                &body,
-                properties.clone(),
-            )
-            .await?;
-        sent += 1;
-        counters.published.fetch_add(1, Ordering::Relaxed);
         if args.confirm > 0 {
-            outstanding.push_back(confirm);
-            while outstanding.len() >= args.confirm {
-                if let Some(first) = outstanding.pop_front() {
-                    settle(first.await, &counters);
-                }
-            }
+            batch = batch.min(args.confirm as u64);
+            window.acquire_many(batch as u32).await?.forget();
         }
+        for _ in 0..batch {
+            let now = start.elapsed().as_nanos() as u64;
+            body[..8].copy_from_slice(&now.to_be_bytes());
+            writer.publish(&exchange, &routing_key, &properties, &body);
+        }
+        writer.flush().await?;
+        sent += batch;
+        counters.published.fetch_add(batch, Ordering::Relaxed);
     }
-    for confirm in outstanding {
-        settle(confirm.await, &counters);
+    if let Some(confirms) = confirms {
+        let all = window.acquire_many(args.confirm as u32);
+        if tokio::time::timeout(Duration::from_secs(30), all).await.is_err() {
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        confirms.abort();
     }
-    conn.close(200, "done".into()).await?;
+    if let Some(reader) = reader {
+        client::close(reader, writer).await;
+    }
     Ok(())
-}
-
-fn settle(result: lapin::Result<lapin::Confirmation>, counters: &Counters) {
-    match result {
-        Ok(c) if c.is_ack() => counters.confirmed.fetch_add(1, Ordering::Relaxed),
-        Ok(_) => counters.nacked.fetch_add(1, Ordering::Relaxed),
-        Err(_) => counters.errors.fetch_add(1, Ordering::Relaxed),
-    };
 }
 
 async fn consume(
     args: Arc<BenchArgs>,
+    url: Url,
     queue: String,
     start: Instant,
     stop: Arc<AtomicBool>,
     counters: Arc<Counters>,
 ) -> anyhow::Result<Histogram<u64>> {
     let mut latencies = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
-    let (conn, channel) = connect(&args.url).await?;
-    channel.basic_qos(args.prefetch, BasicQosOptions::default()).await?;
-    let options = BasicConsumeOptions { no_ack: args.auto_ack, ..Default::default() };
-    let mut consumer = channel
-        .basic_consume(queue.as_str().into(), "".into(), options, FieldTable::default())
-        .await?;
+    let (mut reader, mut writer) = client::connect(&url).await?;
+    let qos = BasicQos { prefetch_size: 0, prefetch_count: args.prefetch, global: false };
+    call(&mut reader, &mut writer, qos).await?;
+    let consume =
+        BasicConsume { queue: queue.as_str().into(), no_ack: args.auto_ack, ..Default::default() };
+    call(&mut reader, &mut writer, consume).await?;
     let mut since_ack = 0u64;
+    let mut tag = 0u64;
+    let mut remaining = 0u64;
+    let mut parts: Vec<Bytes> = Vec::new();
     loop {
-        let next = tokio::time::timeout(Duration::from_millis(200), consumer.next()).await;
-        let delivery = match next {
-            Ok(Some(Ok(delivery))) => delivery,
-            Ok(Some(Err(_))) | Ok(None) => {
-                counters.errors.fetch_add(1, Ordering::Relaxed);
-                break;
-            }
-            Err(_) if stop.load(Ordering::Relaxed) => break,
+        if !reader.has_frame() {
+            writer.flush().await?;
+        }
+        let frame = match tokio::time::timeout(Duration::from_millis(200), reader.frame()).await {
+            Ok(frame) => frame?,
+            Err(_) if stop.load(Ordering::Relaxed) && consumer_done(&counters, &args) => break,
+            Err(_) if counters.abandon.load(Ordering::Relaxed) => break,
             Err(_) => continue,
         };
-        if delivery.data.len() >= 8 {
-            let sent = u64::from_be_bytes(delivery.data[..8].try_into()?);
+        let complete = match frame {
+            Frame::Method { method: Method::BasicDeliver(d), .. } => {
+                tag = d.delivery_tag;
+                false
+            }
+            Frame::Header { header, .. } => {
+                remaining = header.body_size;
+                remaining == 0
+            }
+            Frame::Body { payload, .. } => {
+                remaining = remaining.saturating_sub(payload.len() as u64);
+                parts.push(payload);
+                remaining == 0
+            }
+            Frame::Method { method: Method::ChannelClose(c), .. } => {
+                bail!("channel closed by the broker: {} {}", c.reply_code, c.reply_text)
+            }
+            _ => false,
+        };
+        if !complete {
+            continue;
+        }
+        let body = client::body_of(&mut parts);
+        if body.len() >= 8 {
+            let sent = u64::from_be_bytes(body[..8].try_into()?);
             let now = start.elapsed().as_nanos() as u64;
             let _ = latencies.record(now.saturating_sub(sent).max(1000) / 1000);
         }
@@ -255,16 +336,13 @@ async fn consume(
         if !args.auto_ack {
             since_ack += 1;
             if since_ack >= args.ack_every {
-                let multiple = args.ack_every > 1;
-                delivery.acker.ack(BasicAckOptions { multiple }).await?;
+                writer.method(BasicAck { delivery_tag: tag, multiple: args.ack_every > 1 });
                 since_ack = 0;
             }
         }
-        if stop.load(Ordering::Relaxed) && consumer_done(&counters, &args) {
-            break;
-        }
     }
-    let _ = conn.close(200, "done".into()).await;
+    writer.flush().await?;
+    client::close(reader, writer).await;
     Ok(latencies)
 }
 
@@ -308,14 +386,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("--producers and --consumers must be at least 1");
     }
     let args = Arc::new(args);
-    let exchange = declare(&args).await?;
+    let url = Url::parse(&args.url)?;
+    let exchange = declare(&args, &url).await?;
     let counters = Arc::new(Counters::default());
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let mut consumers = Vec::new();
     for queue in queue_names(&args) {
         for _ in 0..args.consumers {
-            let task = consume(args.clone(), queue.clone(), start, stop.clone(), counters.clone());
+            let task = consume(
+                args.clone(),
+                url.clone(),
+                queue.clone(),
+                start,
+                stop.clone(),
+                counters.clone(),
+            );
             consumers.push(tokio::spawn(task));
         }
     }
@@ -329,8 +415,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Some(count) => quota.min(count.saturating_sub(quota * i as u64)),
             None => quota,
         };
-        let task =
-            produce(args.clone(), exchange.clone(), quota, start, deadline, counters.clone());
+        let task = produce(
+            args.clone(),
+            url.clone(),
+            exchange.clone(),
+            quota,
+            start,
+            deadline,
+            counters.clone(),
+        );
         producers.push(tokio::spawn(task));
     }
     let bar = progress_bar(&args);
@@ -355,6 +448,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ticker.tick().await;
         update_bar(&bar, &counters, start);
     }
+    counters.abandon.store(true, Ordering::Relaxed);
     let mut latencies = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
     for consumer in consumers {
         latencies.add(consumer.await??)?;
@@ -386,7 +480,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             max: latencies.max(),
         },
     };
-    cleanup(&args, &exchange).await;
+    cleanup(&args, &url, &exchange).await;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -395,15 +489,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn cleanup(args: &BenchArgs, exchange: &str) {
-    let Ok((conn, channel)) = connect(&args.url).await else { return };
+async fn cleanup(args: &BenchArgs, url: &Url, exchange: &str) {
+    let Ok((mut reader, mut writer)) = client::connect(url).await else { return };
     for queue in queue_names(args) {
-        let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+        let delete = QueueDelete { queue: queue.as_str().into(), ..Default::default() };
+        let _ = call(&mut reader, &mut writer, delete).await;
     }
     if !exchange.is_empty() {
-        let _ = channel.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await;
+        let delete = ExchangeDelete { exchange: exchange.into(), ..Default::default() };
+        let _ = call(&mut reader, &mut writer, delete).await;
     }
-    let _ = conn.close(200, "cleanup".into()).await;
+    client::close(reader, writer).await;
 }
 
 fn progress_bar(args: &BenchArgs) -> indicatif::ProgressBar {
