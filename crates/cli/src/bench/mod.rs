@@ -32,7 +32,7 @@ pub struct BenchArgs {
     /// Publishing connections
     #[arg(long, default_value_t = 1)]
     producers: usize,
-    /// Consuming connections (per queue)
+    /// Consuming connections per queue (0: publish only, e.g. to build a backlog)
     #[arg(long, default_value_t = 1)]
     consumers: usize,
     /// Message body size in bytes (at least 8: the send time)
@@ -62,6 +62,9 @@ pub struct BenchArgs {
     /// Total publish rate in messages per second (0: as fast as possible)
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Keep the queues after the run (e.g. a backlog to measure)
+    #[arg(long)]
+    keep: bool,
     /// Queue name (with --fanout, the prefix of the queue names)
     #[arg(long, default_value = "postroom-bench")]
     queue: String,
@@ -347,6 +350,9 @@ async fn consume(
 }
 
 fn consumer_done(counters: &Counters, args: &BenchArgs) -> bool {
+    if args.consumers == 0 {
+        return true;
+    }
     let expected = counters.published.load(Ordering::Relaxed) * args.fanout.max(1) as u64;
     counters.consumed.load(Ordering::Relaxed) >= expected
 }
@@ -382,8 +388,8 @@ struct Latency {
 
 /// Runs the benchmark and prints the report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if args.producers == 0 || args.consumers == 0 {
-        bail!("--producers and --consumers must be at least 1");
+    if args.producers == 0 {
+        bail!("--producers must be at least 1");
     }
     let args = Arc::new(args);
     let url = Url::parse(&args.url)?;
@@ -480,7 +486,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             max: latencies.max(),
         },
     };
-    cleanup(&args, &url, &exchange).await;
+    if !args.keep {
+        cleanup(&args, &url, &exchange).await;
+    }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
