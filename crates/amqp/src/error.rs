@@ -45,6 +45,9 @@ pub enum DecodeError {
     /// A string that is not valid UTF-8 where UTF-8 is required.
     #[error("field {0} is not valid UTF-8")]
     InvalidUtf8(&'static str),
+    /// Tables or arrays nested deeper than the limit.
+    #[error("field tables nested deeper than {0} levels")]
+    TooDeep(usize),
     /// A frame on a channel where the spec forbids it (e.g. a heartbeat on channel 1).
     #[error("{0}")]
     Invalid(&'static str),
@@ -61,7 +64,8 @@ impl DecodeError {
             DecodeError::UnknownMethod { .. } => reply::COMMAND_INVALID,
             DecodeError::UnknownFieldType(_)
             | DecodeError::Truncated(_)
-            | DecodeError::InvalidUtf8(_) => reply::SYNTAX_ERROR,
+            | DecodeError::InvalidUtf8(_)
+            | DecodeError::TooDeep(_) => reply::SYNTAX_ERROR,
             DecodeError::Invalid(_) => reply::UNEXPECTED_FRAME,
             _ => reply::FRAME_ERROR,
         }

@@ -121,7 +121,7 @@ impl FieldValue {
         FieldValue::LongStr(LongStr::from(s))
     }
 
-    fn decode(r: &mut Reader<'_>) -> Result<FieldValue, DecodeError> {
+    fn decode(r: &mut Reader<'_>, depth: usize) -> Result<FieldValue, DecodeError> {
         let letter = r.u8()?;
         Ok(match letter {
             b't' => FieldValue::Bool(r.u8()? != 0),
@@ -138,17 +138,20 @@ impl FieldValue {
             b'S' => FieldValue::LongStr(r.long_str()?),
             b'x' => FieldValue::Bytes(r.long_str()?.0),
             b'A' => {
+                if depth > MAX_NESTING {
+                    return Err(DecodeError::TooDeep(MAX_NESTING));
+                }
                 let len = r.u32()? as usize;
                 let data = r.bytes(len, "array")?;
                 let mut inner = Reader::new(&data);
                 let mut values = Vec::new();
                 while inner.remaining() > 0 {
-                    values.push(FieldValue::decode(&mut inner)?);
+                    values.push(FieldValue::decode(&mut inner, depth + 1)?);
                 }
                 FieldValue::Array(values)
             }
             b'T' => FieldValue::Timestamp(r.u64()?),
-            b'F' => FieldValue::Table(FieldTable::decode(r)?),
+            b'F' => FieldValue::Table(FieldTable::decode_nested(r, depth)?),
             b'V' => FieldValue::Void,
             other => return Err(DecodeError::UnknownFieldType(other as char)),
         })
@@ -256,6 +259,10 @@ impl From<FieldTable> for FieldValue {
     }
 }
 
+/// How deeply tables and arrays may nest in a decoded value. Real clients nest a few
+/// levels (RabbitMQ's `x-death` is an array of tables); the limit only stops abuse.
+pub const MAX_NESTING: usize = 128;
+
 /// Writes a u32 length placeholder, runs `body`, then patches in the length it wrote.
 fn with_length_prefix(buf: &mut BytesMut, body: impl FnOnce(&mut BytesMut)) {
     let at = buf.len();
@@ -314,6 +321,15 @@ impl FieldTable {
 
     /// Decodes a table (length-prefixed) from `r`.
     pub fn decode(r: &mut Reader<'_>) -> Result<FieldTable, DecodeError> {
+        FieldTable::decode_nested(r, 0)
+    }
+
+    /// Decodes a table `depth` levels inside others. Nesting is bounded so that a peer
+    /// cannot exhaust the stack with a small, deeply nested frame.
+    fn decode_nested(r: &mut Reader<'_>, depth: usize) -> Result<FieldTable, DecodeError> {
+        if depth > MAX_NESTING {
+            return Err(DecodeError::TooDeep(MAX_NESTING));
+        }
         let len = r.u32()? as usize;
         if len == 0 {
             return Ok(FieldTable::new());
@@ -323,7 +339,7 @@ impl FieldTable {
         let mut entries = Vec::new();
         while inner.remaining() > 0 {
             let key = inner.short_str()?;
-            let value = FieldValue::decode(&mut inner)?;
+            let value = FieldValue::decode(&mut inner, depth + 1)?;
             entries.push((key, value));
         }
         Ok(FieldTable(entries))

@@ -29,7 +29,11 @@ impl ShortStr {
     pub const EMPTY: ShortStr = ShortStr(Bytes::new());
 
     /// A `ShortStr` from a static string, without copying.
+    ///
+    /// # Panics
+    /// If `s` is longer than 255 bytes (at compile time when used in a constant).
     pub const fn from_static(s: &'static str) -> ShortStr {
+        assert!(s.len() <= 255, "a shortstr holds at most 255 bytes");
         ShortStr(Bytes::from_static(s.as_bytes()))
     }
 

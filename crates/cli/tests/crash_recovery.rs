@@ -238,7 +238,7 @@ async fn injected_sync_failure_nacks_and_keeps_what_was_confirmed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_failure_closes_a_publisher_without_confirms_with_541() {
+async fn store_failure_closes_the_connection_of_a_publisher_without_confirms() {
     let dir = tempfile::tempdir().unwrap();
     let env = [("POSTROOM_FAILPOINTS", "write:2")];
     let broker = ChildBroker::start_with_env(Path::new(BIN), dir.path(), &["--log", "error"], &env);
