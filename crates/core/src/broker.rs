@@ -24,6 +24,7 @@ pub struct Broker {
     rng: u64,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) next_queue_id: QueueId,
+    next_id: u64,
 }
 
 impl Broker {
@@ -41,6 +42,7 @@ impl Broker {
             rng: seed | 1,
             store,
             next_queue_id: 1,
+            next_id: 1,
         }
     }
 
@@ -92,9 +94,7 @@ impl Broker {
         };
         let vhost = state.vhost.clone();
         let channels: Vec<u16> = state.channels.keys().copied().collect();
-        for channel in channels {
-            self.close_channel(ChannelKey { connection, channel });
-        }
+        self.close_channels(connection, &channels);
         self.connections.remove(&connection);
         if let Some(v) = self.vhosts.get(&vhost) {
             let owned: Vec<ShortStr> = v
@@ -128,18 +128,29 @@ impl Broker {
     /// Closes a channel: its consumers are cancelled (auto-delete queues may go) and its
     /// unacked messages return to their queues, redelivered. Idempotent.
     pub fn close_channel(&mut self, key: ChannelKey) {
-        let Some(connection) = self.connections.get_mut(&key.connection) else {
+        self.close_channels(key.connection, &[key.channel]);
+    }
+
+    /// Closes several channels of one connection at once. Every channel leaves the broker
+    /// before anything is requeued, so a message cannot bounce through a sibling channel
+    /// that is closing too; unacked messages are requeued before consumers detach, so an
+    /// auto-delete queue that goes with its last consumer releases them with the rest.
+    fn close_channels(&mut self, connection: ConnectionId, numbers: &[u16]) {
+        let Some(state) = self.connections.get_mut(&connection) else {
             return;
         };
-        let vhost = connection.vhost.clone();
-        let Some(mut state) = connection.channels.remove(&key.channel) else {
-            return;
-        };
-        for (tag, queue) in state.consumers.drain() {
-            self.detach_consumer(&vhost, &queue, key, &tag);
+        let vhost = state.vhost.clone();
+        let closing: Vec<(u16, ChannelState)> =
+            numbers.iter().filter_map(|n| state.channels.remove(n).map(|c| (*n, c))).collect();
+        let unacked =
+            closing.iter().flat_map(|(_, c)| c.unacked.values().cloned()).collect::<Vec<_>>();
+        self.requeue(&vhost, unacked.into_iter());
+        for (channel, state) in closing {
+            let key = ChannelKey { connection, channel };
+            for (tag, queue) in state.consumers {
+                self.detach_consumer(&vhost, &queue, key, &tag);
+            }
         }
-        let unacked = std::mem::take(&mut state.unacked);
-        self.requeue(&vhost, unacked.into_values());
     }
 
     /// Whether the connection exists and has `channel` open.
@@ -172,6 +183,12 @@ impl Broker {
             name: name.into(),
             vhost: name.into(),
         })
+    }
+
+    /// A number never handed out before (queue incarnations, consumer ids).
+    pub(crate) fn unique_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
     }
 
     /// A random name with `prefix`, in RabbitMQ's style (`amq.gen-` + 22 URL-safe characters).

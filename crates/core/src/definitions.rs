@@ -330,6 +330,7 @@ impl Broker {
         let owner = spec.exclusive.then_some(connection);
         let mut queue =
             Queue::new(name.clone(), spec.durable, owner, spec.auto_delete, spec.arguments);
+        queue.incarnation = self.unique_id();
         let persisted = spec.durable && !spec.exclusive;
         if persisted {
             queue.store_id = Some(self.next_queue_id);
@@ -411,7 +412,11 @@ impl Broker {
             let mut stored: Vec<_> = queue.ready.iter().filter_map(|m| m.stored).collect();
             for connection in self.connections.values_mut() {
                 for channel in connection.channels.values_mut() {
-                    for unacked in channel.unacked.values_mut().filter(|u| u.queue == queue.name) {
+                    for unacked in channel
+                        .unacked
+                        .values_mut()
+                        .filter(|u| u.queue == queue.name && u.incarnation == queue.incarnation)
+                    {
                         stored.extend(unacked.message.stored.take());
                     }
                 }

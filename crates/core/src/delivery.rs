@@ -118,8 +118,9 @@ fn dispatch(
             channel.consumer_unacked += 1;
             let unacked = Unacked {
                 queue: queue.name.clone(),
+                incarnation: queue.incarnation,
                 message,
-                consumer: Some(consumer.tag.clone()),
+                consumer: Some(consumer.id),
             };
             channel.unacked.insert(delivery_tag, unacked);
         }
@@ -136,16 +137,18 @@ impl Broker {
     }
 
     fn dispatch_channel_queues(&mut self, key: ChannelKey) {
-        let Some(connection) = self.connections.get(&key.connection) else {
-            return;
-        };
+        let Some(connection) = self.connections.get_mut(&key.connection) else { return };
         let vhost = connection.vhost.clone();
-        let Some(channel) = connection.channels.get(&key.channel) else {
-            return;
-        };
+        let Some(channel) = connection.channels.get_mut(&key.channel) else { return };
         let mut queues: Vec<ShortStr> = channel.consumers.values().cloned().collect();
         queues.sort();
         queues.dedup();
+        if queues.is_empty() {
+            return;
+        }
+        channel.dispatch_cursor = channel.dispatch_cursor.wrapping_add(1);
+        let first = channel.dispatch_cursor % queues.len();
+        queues.rotate_left(first);
         for queue in queues {
             self.dispatch(&vhost, &queue);
         }
@@ -281,6 +284,7 @@ impl Broker {
             return self.consume_replies(key, tag, no_ack, on_ok);
         }
         let prefetch_count = self.channel_mut(key)?.consumer_prefetch;
+        let id = self.unique_id();
         let q = self.vhost_mut(&vhost_name)?.queue_mut(queue)?;
         if !q.accessible_by(key.connection) {
             return Err(BrokerError::locked(queue, &vhost_name));
@@ -291,6 +295,7 @@ impl Broker {
             )));
         }
         q.consumers.push(Consumer {
+            id,
             channel: key,
             tag: tag.clone(),
             no_ack,
@@ -392,6 +397,7 @@ impl Broker {
         };
         let message_count = q.message_count();
         let queue_name = q.name.clone();
+        let incarnation = q.incarnation;
         if let (Some(id), Some(seq)) = (q.store_id, message.stored) {
             if no_ack {
                 let _ = self.store.ack(id, &[seq]);
@@ -408,9 +414,10 @@ impl Broker {
             message_count,
         };
         if !no_ack {
-            channel
-                .unacked
-                .insert(delivery_tag, Unacked { queue: queue_name, message, consumer: None });
+            channel.unacked.insert(
+                delivery_tag,
+                Unacked { queue: queue_name, incarnation, message, consumer: None },
+            );
         }
         Ok(Some(got))
     }
@@ -438,9 +445,8 @@ impl Broker {
         let v = self.vhost_mut(&vhost)?;
         let mut touched: Vec<ShortStr> = Vec::new();
         for (_, unacked) in &settled {
-            if let (Some(tag), Some(queue)) = (&unacked.consumer, v.queues.get_mut(&unacked.queue))
-                && let Some(c) =
-                    queue.consumers.iter_mut().find(|c| c.channel == key && c.tag == *tag)
+            if let (Some(id), Some(queue)) = (unacked.consumer, v.queues.get_mut(&unacked.queue))
+                && let Some(c) = queue.consumers.iter_mut().find(|c| c.id == id)
             {
                 c.unacked = c.unacked.saturating_sub(1);
             }
@@ -452,11 +458,13 @@ impl Broker {
             Settlement::Ack | Settlement::Discard => self.release(&vhost, &settled),
             Settlement::Requeue => self.requeue(&vhost, settled.into_iter().map(|(_, u)| u)),
         }
-        for queue in &touched {
-            self.dispatch(&vhost, queue);
-        }
+        // Channel-wide credit goes round the channel's queues first, so the queue that was
+        // just acked does not win every freed slot.
         if global_credit {
             self.dispatch_channel_queues(key);
+        }
+        for queue in &touched {
+            self.dispatch(&vhost, queue);
         }
         Ok(())
     }
@@ -468,7 +476,14 @@ impl Broker {
         let Some(v) = self.vhosts.get(vhost) else { return };
         for (_, unacked) in settled {
             let Some(seq) = unacked.message.stored else { continue };
-            let Some(id) = v.queues.get(&unacked.queue).and_then(|q| q.store_id) else { continue };
+            let Some(id) = v
+                .queues
+                .get(&unacked.queue)
+                .filter(|q| q.incarnation == unacked.incarnation)
+                .and_then(|q| q.store_id)
+            else {
+                continue;
+            };
             match by_queue.iter_mut().find(|(q, _)| *q == id) {
                 Some((_, seqs)) => seqs.push(seq),
                 None => by_queue.push((id, vec![seq])),
@@ -495,15 +510,18 @@ impl Broker {
     /// Returns unacked messages to their queues (at the head, in their original order,
     /// flagged redelivered) and delivers what consumers can take.
     pub(crate) fn requeue(&mut self, vhost: &str, unacked: impl Iterator<Item = Unacked>) {
-        let mut by_queue: Vec<(ShortStr, Vec<QueuedMessage>)> = Vec::new();
+        let mut by_queue: Vec<(ShortStr, u64, Vec<QueuedMessage>)> = Vec::new();
         for u in unacked {
-            match by_queue.iter_mut().find(|(q, _)| *q == u.queue) {
-                Some((_, messages)) => messages.push(u.message),
-                None => by_queue.push((u.queue, vec![u.message])),
+            match by_queue.iter_mut().find(|(q, i, _)| *q == u.queue && *i == u.incarnation) {
+                Some((_, _, messages)) => messages.push(u.message),
+                None => by_queue.push((u.queue, u.incarnation, vec![u.message])),
             }
         }
-        for (queue, messages) in by_queue {
-            if let Some(q) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(&queue)) {
+        for (queue, incarnation, messages) in by_queue {
+            // A queue deleted meanwhile took its messages with it (as in RabbitMQ), even
+            // if a new queue has the same name.
+            let queue = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(&queue));
+            if let Some(q) = queue.filter(|q| q.incarnation == incarnation) {
                 q.requeue(messages.into_iter());
                 dispatch(q, &mut self.connections, &*self.store);
             }

@@ -182,9 +182,9 @@ impl Broker {
             for q in list("queues") {
                 let t = q.as_table().ok_or_else(|| bad("queue"))?;
                 let vhost_name = get(t, "vhost");
-                let vhost = self.vhost_entry(&vhost_name);
                 let mut queue =
                     Queue::new(get(t, "name").into(), true, None, flag(t, "auto_delete"), args(t));
+                queue.incarnation = self.unique_id();
                 let id = t
                     .get("id")
                     .and_then(FieldValue::as_int)
@@ -193,7 +193,7 @@ impl Broker {
                 if let Some(id) = id {
                     by_id.insert(id, (vhost_name.as_str().into(), queue.name.clone()));
                 }
-                vhost.queues.insert(queue.name.clone(), queue);
+                self.vhost_entry(&vhost_name).queues.insert(queue.name.clone(), queue);
                 summary.queues += 1;
             }
             for b in list("bindings") {

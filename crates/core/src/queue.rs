@@ -30,6 +30,8 @@ pub const EQUIVALENCE_ARGUMENTS: &[&str] = &[
 /// A consumer attached to a queue.
 #[derive(Debug, Clone)]
 pub struct Consumer {
+    /// Unique for the life of the broker.
+    pub id: u64,
     /// The channel it was created on.
     pub channel: ChannelKey,
     /// Its tag, unique within the channel.
@@ -67,6 +69,8 @@ pub struct Queue {
     pub had_consumers: bool,
     /// Its id in the store, for durable queues (which persist persistent messages).
     pub store_id: Option<QueueId>,
+    /// Unique for the life of the broker (see [`crate::session::Unacked::incarnation`]).
+    pub incarnation: u64,
 }
 
 impl Queue {
@@ -89,6 +93,7 @@ impl Queue {
             next_consumer: 0,
             had_consumers: false,
             store_id: None,
+            incarnation: 0,
         }
     }
 

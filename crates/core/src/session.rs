@@ -57,10 +57,14 @@ pub trait Outlet: Send + Sync {
 pub struct Unacked {
     /// The queue it came from.
     pub queue: ShortStr,
+    /// That queue's incarnation: a queue deleted and declared again under the same name is
+    /// another queue, and its predecessor's messages must not land in it.
+    pub incarnation: u64,
     /// The message and its history.
     pub message: QueuedMessage,
-    /// The consumer it went to; `None` for `basic.get`.
-    pub consumer: Option<ShortStr>,
+    /// The id of the consumer it went to; `None` for `basic.get`. Ids are never reused, so
+    /// a tag reused after a cancel cannot be credited for its predecessor's deliveries.
+    pub consumer: Option<u64>,
 }
 
 /// A channel's delivery state.
@@ -82,6 +86,9 @@ pub struct ChannelState {
     pub flow_paused: bool,
     /// The direct reply-to consumer's tag and the routing key replies use, if any.
     pub reply_to: Option<(ShortStr, ShortStr)>,
+    /// Which of the channel's queues is offered freed channel-wide credit first; it moves
+    /// on every time so that no queue starves the others (RabbitMQ shuffles them).
+    pub dispatch_cursor: usize,
 }
 
 impl ChannelState {

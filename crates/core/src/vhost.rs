@@ -1,6 +1,6 @@
 //! Virtual hosts: the exchanges and queues of one namespace, and routing across them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use postroom_amqp::{FieldTable, ShortStr};
 
@@ -92,6 +92,7 @@ impl VHost {
         let mut work = vec![first];
         let mut seen: Vec<&str> = vec![&first.name];
         let mut destinations = Vec::new();
+        let mut seen_queues: Option<HashSet<ShortStr>> = None;
         while let Some(exchange) = work.pop() {
             destinations.clear();
             exchange.route_into(routing_key, headers, &mut destinations);
@@ -103,8 +104,20 @@ impl VHost {
             for destination in destinations.drain(..) {
                 match destination {
                     Destination::Queue(name) => {
-                        if self.queues.contains_key(&name) && !queues.contains(&name) {
+                        if !self.queues.contains_key(&name) {
+                            continue;
+                        }
+                        // Linear for the few targets most messages have; a set once a
+                        // fanout reaches many queues, so routing stays O(targets).
+                        let duplicate = match &mut seen_queues {
+                            Some(set) => !set.insert(name.clone()),
+                            None => queues.contains(&name),
+                        };
+                        if !duplicate {
                             queues.push(name);
+                            if seen_queues.is_none() && queues.len() > 32 {
+                                seen_queues = Some(queues.iter().cloned().collect());
+                            }
                         }
                     }
                     Destination::Exchange(name) => {
@@ -122,21 +135,27 @@ impl VHost {
     }
 
     /// Removes every binding to `destination`; auto-delete exchanges left without bindings
-    /// are deleted too (and the bindings to them, recursively).
+    /// are deleted too, and the bindings to them, and so on. Iterative: a chain of
+    /// auto-delete exchanges as long as a client cares to build must not exhaust the stack.
     pub fn remove_bindings_to(&mut self, destination: &Destination) {
-        let mut emptied = Vec::new();
-        for exchange in self.exchanges.values_mut() {
-            let before = exchange.bindings.len();
-            exchange.bindings.retain(|b| b.destination != *destination);
-            if before != exchange.bindings.len()
-                && exchange.bindings.is_empty()
-                && exchange.auto_delete
-            {
-                emptied.push(exchange.name.clone());
+        let mut pending = vec![destination.clone()];
+        while let Some(destination) = pending.pop() {
+            let mut emptied = Vec::new();
+            for exchange in self.exchanges.values_mut() {
+                let before = exchange.bindings.len();
+                exchange.bindings.retain(|b| b.destination != destination);
+                if before != exchange.bindings.len()
+                    && exchange.bindings.is_empty()
+                    && exchange.auto_delete
+                {
+                    emptied.push(exchange.name.clone());
+                }
             }
-        }
-        for name in emptied {
-            self.delete_exchange(&name);
+            for name in emptied {
+                if let Some(exchange) = self.exchanges.remove(&name) {
+                    pending.push(Destination::Exchange(exchange.name));
+                }
+            }
         }
     }
 

@@ -223,13 +223,13 @@ impl Channel {
             );
             return Err(fail(reply::PRECONDITION_FAILED, text, 60, 40));
         }
-        let message = Message {
+        let message = compact(Message {
             exchange: pending.publish.exchange,
             routing_key: pending.publish.routing_key,
             properties: header.properties,
             raw_properties: header.raw_properties,
             body,
-        };
+        });
         let mandatory = pending.publish.mandatory;
         if let Some(ops) = &mut self.tx {
             ops.push(TxOp::Publish(Box::new(message), mandatory));
@@ -591,6 +591,20 @@ impl Channel {
         }
         Ok(After::Continue)
     }
+}
+
+/// Bodies up to this size are copied out of the connection's read buffer.
+const COMPACT_MAX: usize = 64 * 1024;
+
+/// Gives a small message one allocation of its own. Decoded from a frame, its strings,
+/// properties and body are slices of the connection's read buffer, and a message that
+/// waits in a queue would keep that whole buffer alive: a few long-lived messages could pin
+/// megabytes. Large bodies were assembled into their own buffer already.
+fn compact(message: Message) -> Message {
+    if message.body.len() > COMPACT_MAX {
+        return message;
+    }
+    Message::decode(&message.encode().freeze()).unwrap_or(message)
 }
 
 fn requeue_or_discard(requeue: bool) -> Settlement {

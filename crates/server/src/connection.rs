@@ -71,6 +71,8 @@ struct Reader {
     frame_max: u32,
     /// Close the connection if nothing arrives for this long (twice the heartbeat).
     idle_timeout: Option<Duration>,
+    /// When bytes last arrived.
+    last_read: tokio::time::Instant,
 }
 
 impl Reader {
@@ -78,18 +80,19 @@ impl Reader {
         if self.buf.capacity() - self.buf.len() < 4096 {
             self.buf.reserve(64 * 1024);
         }
-        let read = self.socket.read_buf(&mut self.buf);
-        let n = match self.idle_timeout {
-            Some(limit) => match tokio::time::timeout(limit, read).await {
-                Ok(result) => result?,
-                Err(_) => {
-                    tracing::warn!("missed heartbeats from client, closing connection");
-                    return Err(End::Gone);
-                }
-            },
-            None => read.await?,
-        };
-        if n == 0 { Err(End::Gone) } else { Ok(()) }
+        let n = self.socket.read_buf(&mut self.buf).await?;
+        if n == 0 {
+            return Err(End::Gone);
+        }
+        self.last_read = tokio::time::Instant::now();
+        Ok(())
+    }
+
+    /// When the peer counts as dead if nothing more arrives (never without heartbeats).
+    /// A deadline rather than a timeout around each read: the frame loop also wakes for
+    /// other reasons (confirms), and each wake must not restart the peer's allowance.
+    fn dead_at(&self) -> Option<tokio::time::Instant> {
+        self.idle_timeout.map(|limit| self.last_read + limit)
     }
 
     /// Reads the next frame. Cancellation-safe: bytes read stay buffered.
@@ -173,6 +176,7 @@ pub(crate) async fn serve(
         buf: BytesMut::with_capacity(64 * 1024),
         frame_max: shared.config.frame_max,
         idle_timeout: None,
+        last_read: tokio::time::Instant::now(),
     };
     let mut id = None;
     let end = run(&shared, &out, &mut reader, peer, &frame_max, &mut id, shutdown).await;
@@ -351,6 +355,7 @@ async fn run(
     let mut progress_live = true;
     let mut channels: HashMap<u16, Channel> = HashMap::new();
     loop {
+        let dead_at = reader.dead_at();
         let frame = tokio::select! {
             frame = reader.frame() => frame,
             changed = progress.changed(), if progress_live => {
@@ -367,6 +372,14 @@ async fn run(
                 }
                 continue;
             }
+            _ = sleep_until_dead(dead_at) => {
+                // Bytes of a frame not yet whole may have arrived meanwhile.
+                if reader.dead_at().is_some_and(|at| at > tokio::time::Instant::now()) {
+                    continue;
+                }
+                tracing::warn!("missed heartbeats from client, closing connection");
+                return End::Gone;
+            }
             _ = shutdown.changed() => {
                 let close = Close::new(reply::CONNECTION_FORCED, "broker forced connection closure with reason 'shutdown'");
                 return End::Close(close, 0, 0);
@@ -379,6 +392,14 @@ async fn run(
         if let Err(end) = handle_frame(&ctx, &mut channels, channel_max, frame) {
             return end;
         }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_dead(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -289,7 +289,7 @@ impl Store for FileStore {
         let mut st = self.shared.lock();
         st.check_writable()?;
         let seq = st.next_seq;
-        let size = (record::HEADER_LEN + 11 + queues.len() * 4 + payload.len()) as u64;
+        let size = record::publish_len(queues.len(), payload.len()) as u64;
         st.make_room(size, self.shared.config.segment_size, seq);
         st.next_seq += 1;
         let active = st.active;
@@ -572,17 +572,33 @@ fn list_segments(journal: &Path) -> Result<Vec<SegmentId>, StoreError> {
 
 /// Where the next whole, CRC-valid record after `pos` starts, if any. The damaged
 /// record's own length field is not trusted (it may be the damaged part).
+///
+/// The search checksums at most [`RESYNC_BUDGET`] bytes, so that a torn tail full of
+/// plausible-looking lengths (a crafted message body) cannot make startup quadratic; past
+/// the budget the rest counts as torn.
 fn next_valid_record(data: &Bytes, pos: usize) -> Option<usize> {
+    let mut budget = RESYNC_BUDGET;
     (pos + 1..data.len().saturating_sub(record::HEADER_LEN)).find(|&at| {
+        if budget == 0 {
+            return false;
+        }
         let rest = &data[at..];
         let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        // Cheap rejections first; only a plausible length gets a CRC check.
-        len != 0
+        // Cheap rejections first (length, record kind); only then a CRC check.
+        let plausible = len != 0
             && len <= record::MAX_BODY_LEN
             && record::HEADER_LEN + len <= rest.len()
-            && record::decode(&data.slice(at..)).is_ok()
+            && (1..=4).contains(&rest[record::HEADER_LEN]);
+        if !plausible {
+            return false;
+        }
+        budget = budget.saturating_sub(len);
+        record::decode(&data.slice(at..)).is_ok()
     })
 }
+
+/// Bytes the resync search may checksum.
+const RESYNC_BUDGET: usize = 256 * 1024 * 1024;
 
 fn recover(journal: &Path, skip_corrupt: bool) -> Result<Scan, StoreError> {
     let ids = list_segments(journal)?;

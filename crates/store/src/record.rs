@@ -3,7 +3,7 @@
 //! ```text
 //! record  = length:u32 crc:u32 body          (big-endian; crc = CRC32C of body)
 //! body    = kind:u8 …
-//! publish = 1 seq:u64 count:u16 queue:u32×count payload…
+//! publish = 1 seq:u64 count:u32 queue:u32×count payload…
 //! ack     = 2 queue:u32 count:u32 seq:u64×count
 //! deliver = 3 queue:u32 seq:u64             (the queue has delivered up to seq)
 //! base    = 4 next_seq:u64                  (first record of every segment)
@@ -68,14 +68,22 @@ fn finish(buf: &mut BytesMut, start: usize) {
     buf[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// Bytes a publish record takes on disk.
+pub fn publish_len(queues: usize, payload: usize) -> usize {
+    HEADER_LEN + PUBLISH_FIXED + queues * 4 + payload
+}
+
+/// Kind, sequence number and queue count.
+const PUBLISH_FIXED: usize = 13;
+
 /// Appends a publish record.
 pub fn encode_publish(buf: &mut BytesMut, seq: Seq, queues: &[QueueId], payload: &[u8]) {
     let start = buf.len();
-    buf.reserve(HEADER_LEN + 11 + queues.len() * 4 + payload.len());
+    buf.reserve(publish_len(queues.len(), payload.len()));
     buf.put_u64(0);
     buf.put_u8(KIND_PUBLISH);
     buf.put_u64(seq);
-    buf.put_u16(queues.len() as u16);
+    buf.put_u32(queues.len() as u32);
     for q in queues {
         buf.put_u32(*q);
     }
@@ -154,16 +162,16 @@ pub fn decode(data: &Bytes) -> Result<(Record, usize), Invalid> {
     let damaged = |what: &str| Invalid::Damaged(format!("malformed {what} record"));
     let record = match body[0] {
         KIND_PUBLISH => {
-            if body.len() < 11 {
+            if body.len() < PUBLISH_FIXED {
                 return Err(damaged("publish"));
             }
             let seq = u64::from_be_bytes(body[1..9].try_into().map_err(|_| damaged("publish"))?);
-            let count = u16::from_be_bytes([body[9], body[10]]) as usize;
-            let end = 11 + count * 4;
-            if body.len() < end {
+            let count = u32::from_be_bytes([body[9], body[10], body[11], body[12]]) as usize;
+            let end = count.checked_mul(4).and_then(|n| n.checked_add(PUBLISH_FIXED));
+            let Some(end) = end.filter(|end| body.len() >= *end) else {
                 return Err(damaged("publish"));
-            }
-            let queues = body[11..end]
+            };
+            let queues = body[PUBLISH_FIXED..end]
                 .chunks_exact(4)
                 .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();

@@ -1,0 +1,188 @@
+//! Regression tests for defects found in review of the broker domain, driven through the
+//! `Broker` API with a `MemoryStore` and an outlet that records what would be sent.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use postroom_amqp::{BasicProperties, FieldTable};
+use postroom_core::{
+    Broker, ChannelKey, Destination, ExchangeSpec, Message, Outbound, Outlet, QueueSpec, Settlement,
+};
+use postroom_store::MemoryStore;
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<Outbound>>);
+
+impl Outlet for Recorder {
+    fn send(&self, event: Outbound) {
+        self.0.lock().unwrap().push(event);
+    }
+}
+
+impl Recorder {
+    fn delivery_tags(&self) -> Vec<u64> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                Outbound::Deliver { delivery_tag, .. } => Some(*delivery_tag),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn delivered_bodies(&self) -> Vec<Bytes> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                Outbound::Deliver { message, .. } => Some(message.body.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+struct Fixture {
+    broker: Broker,
+    store: Arc<MemoryStore>,
+    outlet: Arc<Recorder>,
+    key: ChannelKey,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let store = Arc::new(MemoryStore::new());
+        let mut broker = Broker::new(7, store.clone());
+        let outlet = Arc::new(Recorder::default());
+        let connection = broker.open_connection("/", "guest", outlet.clone()).unwrap();
+        let key = ChannelKey { connection, channel: 1 };
+        broker.open_channel(key).unwrap();
+        Fixture { broker, store, outlet, key }
+    }
+
+    fn declare(&mut self, name: &str, durable: bool, auto_delete: bool) {
+        let spec = QueueSpec { name: name.into(), durable, auto_delete, ..Default::default() };
+        self.broker.queue_declare(self.key.connection, spec).unwrap();
+    }
+
+    fn publish(&mut self, queue: &str, body: &'static str) {
+        let properties = BasicProperties { delivery_mode: Some(2), ..Default::default() };
+        let message =
+            Message::new("".into(), queue.into(), properties, Bytes::from_static(body.as_bytes()));
+        self.broker.publish(self.key, message).unwrap();
+    }
+
+    fn consume(&mut self, queue: &str, tag: &str) {
+        self.broker.basic_consume(self.key, queue, tag.into(), false, false, |_| {}).unwrap();
+    }
+}
+
+#[test]
+fn deleting_the_end_of_a_long_auto_delete_exchange_chain_does_not_exhaust_the_stack() {
+    let mut f = Fixture::new();
+    let depth = 5_000;
+    for i in 0..=depth {
+        let spec = ExchangeSpec {
+            name: format!("x{i}").into(),
+            kind: "fanout".into(),
+            auto_delete: true,
+            ..Default::default()
+        };
+        f.broker.exchange_declare(f.key.connection, spec).unwrap();
+    }
+    for i in 0..depth {
+        let destination = Destination::Exchange(format!("x{}", i + 1).into());
+        f.broker
+            .bind(f.key.connection, &format!("x{i}"), destination, "".into(), FieldTable::new())
+            .unwrap();
+    }
+    // Run on a small stack: the old recursive cascade needed one frame per link.
+    let handle = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            f.broker.exchange_delete(f.key.connection, &format!("x{depth}"), false).unwrap();
+            f.broker.vhost("/").unwrap().exchanges.keys().filter(|k| k.starts_with('x')).count()
+        })
+        .unwrap();
+    assert_eq!(handle.join().expect("no stack overflow"), 0, "the whole chain is auto-deleted");
+}
+
+#[test]
+fn a_reused_consumer_tag_is_not_credited_for_its_predecessors_deliveries() {
+    let mut f = Fixture::new();
+    f.declare("q", false, false);
+    f.broker.basic_qos(f.key, 1, false).unwrap();
+    for body in ["m1", "m2", "m3"] {
+        f.publish("q", body);
+    }
+    f.consume("q", "c");
+    assert_eq!(f.outlet.delivery_tags(), vec![1]);
+    f.broker.basic_cancel(f.key, "c").unwrap();
+    f.consume("q", "c");
+    assert_eq!(f.outlet.delivery_tags(), vec![1, 2], "the new consumer gets m2");
+    f.broker.settle(f.key, 1, false, Settlement::Ack).unwrap();
+    assert_eq!(f.outlet.delivery_tags(), vec![1, 2], "prefetch 1: m3 waits for m2's ack");
+    f.broker.settle(f.key, 2, false, Settlement::Ack).unwrap();
+    assert_eq!(f.outlet.delivery_tags(), vec![1, 2, 3]);
+}
+
+#[test]
+fn unacked_messages_of_a_deleted_queue_do_not_land_in_a_new_queue_of_the_same_name() {
+    let mut f = Fixture::new();
+    f.declare("jobs", true, false);
+    f.publish("jobs", "old");
+    let got = f.broker.basic_get(f.key, "jobs", false).unwrap().expect("a message");
+    f.broker.queue_delete(f.key.connection, "jobs", false, false).unwrap();
+    f.declare("jobs", true, false);
+    f.broker.settle(f.key, got.delivery_tag, false, Settlement::Requeue).unwrap();
+    assert!(f.broker.basic_get(f.key, "jobs", true).unwrap().is_none(), "the new queue is empty");
+    assert!(f.store.snapshot().messages.is_empty(), "nothing is left referenced in the store");
+}
+
+#[test]
+fn closing_the_channel_of_the_last_consumer_of_a_durable_auto_delete_queue_releases_its_messages() {
+    let mut f = Fixture::new();
+    f.declare("temp", true, true);
+    f.publish("temp", "a");
+    f.publish("temp", "b");
+    f.consume("temp", "c");
+    assert_eq!(f.outlet.delivered_bodies().len(), 2, "both delivered, unacked");
+    f.broker.close_channel(f.key);
+    assert!(!f.broker.vhost("/").unwrap().queues.contains_key("temp"), "auto-deleted");
+    assert!(f.store.snapshot().messages.is_empty(), "its unacked messages were released");
+}
+
+#[test]
+fn global_prefetch_credit_goes_round_the_channels_queues() {
+    let mut f = Fixture::new();
+    f.declare("a", false, false);
+    f.declare("b", false, false);
+    for _ in 0..20 {
+        f.publish("a", "from-a");
+        f.publish("b", "from-b");
+    }
+    f.broker.basic_qos(f.key, 1, true).unwrap();
+    f.consume("a", "ca");
+    f.consume("b", "cb");
+    for _ in 0..10 {
+        let tag = *f.outlet.delivery_tags().last().unwrap();
+        f.broker.settle(f.key, tag, false, Settlement::Ack).unwrap();
+    }
+    let bodies = f.outlet.delivered_bodies();
+    let from_b = bodies.iter().filter(|b| b.as_ref() == b"from-b").count();
+    assert!(from_b >= 3, "queue b got {from_b} of {} deliveries", bodies.len());
+}
+
+#[test]
+fn store_references_follow_acks_of_persistent_messages() {
+    let mut f = Fixture::new();
+    f.declare("d", true, false);
+    f.publish("d", "x");
+    assert_eq!(f.store.snapshot().messages.len(), 1);
+    let got = f.broker.basic_get(f.key, "d", false).unwrap().unwrap();
+    f.broker.settle(f.key, got.delivery_tag, false, Settlement::Ack).unwrap();
+    assert!(f.store.snapshot().messages.is_empty());
+}
