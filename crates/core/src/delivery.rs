@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use postroom_amqp::ShortStr;
+use postroom_amqp::{BasicProperties, ShortStr};
 
 use crate::ConnectionId;
 use crate::broker::Broker;
@@ -156,20 +156,27 @@ impl Broker {
 
     /// `basic.publish`: routes the message and enqueues it on every queue it reaches (or
     /// hands it to a direct reply-to consumer), then delivers what consumers can take.
+    /// `properties` are the message's decoded properties (the server has them from the
+    /// content header; routing reads `headers` and `reply_to`).
     ///
     /// # Errors
     /// `NotFound` for a missing exchange, `AccessRefused` for an internal one,
     /// `PreconditionFailed` for a direct reply-to request without a reply consumer.
-    pub fn publish(&mut self, key: ChannelKey, mut message: Message) -> Result<Published> {
+    pub fn publish(
+        &mut self,
+        key: ChannelKey,
+        mut message: Message,
+        properties: &BasicProperties,
+    ) -> Result<Published> {
         let vhost_name = self.vhost_of(key.connection)?;
-        if message.properties.reply_to.as_deref() == Some(DIRECT_REPLY_TO) {
+        if properties.reply_to.as_deref() == Some(DIRECT_REPLY_TO) {
             let channel = self.channel_mut(key)?;
             let Some((_, address)) = &channel.reply_to else {
                 return Err(BrokerError::PreconditionFailed(
                     "fast reply consumer does not exist".into(),
                 ));
             };
-            let mut properties = message.properties.clone();
+            let mut properties = properties.clone();
             properties.reply_to = Some(address.clone());
             message = message.with_properties(properties);
         }
@@ -190,7 +197,7 @@ impl Broker {
         vhost.route(
             &message.exchange,
             &message.routing_key,
-            message.properties.headers.as_ref(),
+            properties.headers.as_ref(),
             &mut targets,
         )?;
         if targets.is_empty() {

@@ -10,18 +10,22 @@ use postroom_store::Seq;
 /// A published message. Immutable once routed and shared by every queue it was routed to
 /// (`Arc<Message>`); a queue that must change a header (dead-lettering, direct reply-to)
 /// makes a new one.
+///
+/// Properties are kept encoded, as received: a message waiting in a queue costs its bytes
+/// plus a few words, not a decoded property struct; [`Message::properties`] decodes them
+/// for the rare paths that need more than [`Message::is_persistent`].
 #[derive(Debug, Clone)]
 pub struct Message {
     /// The exchange it was published to.
     pub exchange: ShortStr,
     /// The routing key it was published with.
     pub routing_key: ShortStr,
-    /// The decoded properties.
-    pub properties: BasicProperties,
     /// The encoded properties, delivered byte for byte.
     pub raw_properties: Bytes,
     /// The body.
     pub body: Bytes,
+    /// Whether the publisher asked for persistence (`delivery_mode = 2`).
+    persistent: bool,
 }
 
 impl Message {
@@ -33,7 +37,27 @@ impl Message {
         body: Bytes,
     ) -> Message {
         let raw_properties = properties.to_bytes();
-        Message { exchange, routing_key, properties, raw_properties, body }
+        let persistent = properties.is_persistent();
+        Message { exchange, routing_key, raw_properties, body, persistent }
+    }
+
+    /// A message from its parts as a content header carried them: `raw_properties` must be
+    /// the encoding of `properties`.
+    pub fn from_parts(
+        exchange: ShortStr,
+        routing_key: ShortStr,
+        properties: &BasicProperties,
+        raw_properties: Bytes,
+        body: Bytes,
+    ) -> Message {
+        let persistent = properties.is_persistent();
+        Message { exchange, routing_key, raw_properties, body, persistent }
+    }
+
+    /// The decoded properties (empty if the stored encoding does not decode, which a
+    /// message that passed the codec cannot do).
+    pub fn properties(&self) -> BasicProperties {
+        BasicProperties::decode(&mut Reader::new(&self.raw_properties)).unwrap_or_default()
     }
 
     /// A copy with different properties (re-encoded).
@@ -43,7 +67,7 @@ impl Message {
 
     /// Whether the publisher asked for persistence.
     pub fn is_persistent(&self) -> bool {
-        self.properties.is_persistent()
+        self.persistent
     }
 
     /// Body size in bytes.
@@ -83,7 +107,7 @@ impl Message {
         let raw_properties = r.bytes(props_len, "properties")?;
         let properties = BasicProperties::decode(&mut Reader::new(&raw_properties))?;
         let body = r.bytes(r.remaining(), "body")?;
-        Ok(Message { exchange, routing_key, properties, raw_properties, body })
+        Ok(Message::from_parts(exchange, routing_key, &properties, raw_properties, body))
     }
 }
 

@@ -70,9 +70,9 @@ impl Fixture {
 
     fn publish(&mut self, queue: &str, body: &'static str) {
         let properties = BasicProperties { delivery_mode: Some(2), ..Default::default() };
-        let message =
-            Message::new("".into(), queue.into(), properties, Bytes::from_static(body.as_bytes()));
-        self.broker.publish(self.key, message).unwrap();
+        let body = Bytes::from_static(body.as_bytes());
+        let message = Message::new("".into(), queue.into(), properties.clone(), body);
+        self.broker.publish(self.key, message, &properties).unwrap();
     }
 
     fn consume(&mut self, queue: &str, tag: &str) {

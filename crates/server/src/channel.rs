@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use postroom_amqp::constants::{CLASS_BASIC, reply};
 use postroom_amqp::method::*;
-use postroom_amqp::{ContentHeader, Frame, Method, ShortStr};
+use postroom_amqp::{BasicProperties, ContentHeader, Frame, Method, ShortStr};
 use postroom_core::{
     BrokerError, Destination, ExchangeSpec, Message, QueueSpec, RouteResult, Settlement,
 };
@@ -53,7 +53,7 @@ enum Waiting {
 
 /// An operation held back until `tx.commit`.
 enum TxOp {
-    Publish(Box<Message>, bool),
+    Publish(Box<(Message, BasicProperties)>, bool),
     Settle(u64, bool, Settlement),
 }
 
@@ -223,19 +223,20 @@ impl Channel {
             );
             return Err(fail(reply::PRECONDITION_FAILED, text, 60, 40));
         }
-        let message = compact(Message {
-            exchange: pending.publish.exchange,
-            routing_key: pending.publish.routing_key,
-            properties: header.properties,
-            raw_properties: header.raw_properties,
+        let properties = header.properties;
+        let message = compact(Message::from_parts(
+            pending.publish.exchange,
+            pending.publish.routing_key,
+            &properties,
+            header.raw_properties,
             body,
-        });
+        ));
         let mandatory = pending.publish.mandatory;
         if let Some(ops) = &mut self.tx {
-            ops.push(TxOp::Publish(Box::new(message), mandatory));
+            ops.push(TxOp::Publish(Box::new((message, properties)), mandatory));
             return Ok(After::Continue);
         }
-        let published = self.publish(ctx, message, mandatory);
+        let published = self.publish(ctx, message, &properties, mandatory);
         let Some(seq) = self.confirm.as_mut() else {
             published.map_err(|e| (Close::from(e), 60, 40))?;
             return Ok(After::Continue);
@@ -304,10 +305,11 @@ impl Channel {
         &mut self,
         ctx: &Context,
         message: Message,
+        properties: &BasicProperties,
         mandatory: bool,
     ) -> Result<Option<Lsn>, BrokerError> {
         let returned = mandatory.then(|| message.clone());
-        let published = ctx.shared.lock().publish(ctx.key(self.number), message)?;
+        let published = ctx.shared.lock().publish(ctx.key(self.number), message, properties)?;
         if let (RouteResult::Unroutable, Some(message)) = (published.route, returned) {
             let ret = BasicReturn {
                 reply_code: reply::NO_ROUTE,
@@ -559,8 +561,9 @@ impl Channel {
                 self.tx = None;
                 let mut durable_at = 0;
                 let result = ops.into_iter().try_for_each(|op| match op {
-                    TxOp::Publish(message, mandatory) => {
-                        let lsn = self.publish(ctx, *message, mandatory)?;
+                    TxOp::Publish(publish, mandatory) => {
+                        let (message, properties) = *publish;
+                        let lsn = self.publish(ctx, message, &properties, mandatory)?;
                         durable_at = durable_at.max(lsn.unwrap_or(0));
                         Ok(())
                     }
