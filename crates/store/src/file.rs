@@ -40,6 +40,12 @@ type SegmentId = u64;
 
 const DEFINITIONS_MAGIC: &[u8; 8] = b"PRDEFS01";
 
+/// One publish record in this many is indexed (and the first of every segment).
+const INDEX_EVERY: Seq = 64;
+
+/// How much of a segment a read fetches per system call.
+const READ_CHUNK: usize = 256 * 1024;
+
 #[derive(Debug)]
 struct SegmentMeta {
     /// References (queue × message) still held by this segment's publish records.
@@ -61,6 +67,12 @@ struct State {
     to_delete: Vec<SegmentId>,
     /// Delivered marks not yet written, highest per queue.
     marks: HashMap<QueueId, Seq>,
+    /// Where some publish records are: the first of every segment and every
+    /// [`INDEX_EVERY`]th sequence number, so that a read starts at most that many records
+    /// before the one it wants while the index costs a few bytes per thousand messages.
+    index: BTreeMap<Seq, (SegmentId, u64)>,
+    /// Whether the active segment's first publish is in `index`.
+    active_indexed: bool,
     /// The messages each queue still references. Acks are checked against it, so a
     /// repeated or stray ack can never release another queue's reference.
     refs: HashMap<QueueId, RangeSet>,
@@ -97,6 +109,7 @@ impl State {
         self.active_len = (SEGMENT_MAGIC.len() + record::BASE_LEN) as u64;
         self.segments.insert(id, SegmentMeta { live: 0 });
         self.by_first_seq.insert(next_seq, id);
+        self.active_indexed = false;
         record::encode_base(self.batch_for(id), next_seq);
     }
 
@@ -127,6 +140,7 @@ impl State {
             }
             self.segments.remove(&id);
             self.by_first_seq.retain(|_, s| *s != id);
+            self.index.retain(|_, (s, _)| *s != id);
             self.to_delete.push(id);
         }
     }
@@ -206,6 +220,8 @@ impl FileStore {
             by_first_seq,
             to_delete: Vec::new(),
             marks: HashMap::new(),
+            index: scan.index,
+            active_indexed: false,
             refs: HashMap::new(),
             failed: None,
             closing: false,
@@ -213,6 +229,7 @@ impl FileStore {
         match reuse {
             Some(last) => {
                 state.active_len = last.len as u64;
+                state.active_indexed = state.index.values().any(|(s, _)| *s == active);
                 state.by_first_seq.entry(scan.next_seq).or_insert(active);
                 if !last.has_base {
                     record::encode_base(state.batch_for(active), scan.next_seq);
@@ -293,6 +310,11 @@ impl Store for FileStore {
         st.make_room(size, self.shared.config.segment_size, seq);
         st.next_seq += 1;
         let active = st.active;
+        if !st.active_indexed || seq.is_multiple_of(INDEX_EVERY) {
+            let offset = st.active_len;
+            st.index.insert(seq, (active, offset));
+            st.active_indexed = true;
+        }
         record::encode_publish(st.batch_for(active), seq, queues, payload);
         st.active_len += size;
         let mut added = 0;
@@ -348,6 +370,63 @@ impl Store for FileStore {
         Ok(())
     }
 
+    fn read(
+        &self,
+        queue: QueueId,
+        from: Seq,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(Seq, Bytes)>, StoreError> {
+        // Decide what to read under the lock, then read without it: publishers must not
+        // wait for this disk I/O.
+        let (wanted, start, segments) = {
+            let st = self.shared.lock();
+            let Some(refs) = st.refs.get(&queue) else { return Ok(Vec::new()) };
+            let wanted: Vec<Seq> = refs.iter_from(from).take(max_messages).collect();
+            let Some(&first) = wanted.first() else { return Ok(Vec::new()) };
+            let Some(&start) = st.index.range(..=first).next_back().map(|(_, at)| at) else {
+                return Ok(Vec::new());
+            };
+            let segments: Vec<SegmentId> =
+                st.segments.range(start.0..).map(|(id, _)| *id).collect();
+            (wanted, start, segments)
+        };
+        let mut out = Vec::with_capacity(wanted.len());
+        let mut skipped = Vec::new();
+        let mut next = 0;
+        let mut bytes = 0;
+        'segments: for (i, segment) in segments.into_iter().enumerate() {
+            let offset = if i == 0 { start.1 } else { SEGMENT_MAGIC.len() as u64 };
+            let path = segment_path(&self.shared.journal, segment);
+            let Some(mut reader) = SegmentReader::open(&path, offset)? else { break };
+            while let Some(record) = reader.next()? {
+                let Record::Publish { seq, payload, .. } = record else { continue };
+                while next < wanted.len() && wanted[next] < seq {
+                    skipped.push(wanted[next]);
+                    next += 1;
+                }
+                if next < wanted.len() && wanted[next] == seq {
+                    bytes += payload.len();
+                    out.push((seq, payload));
+                    next += 1;
+                }
+                if next >= wanted.len() || bytes >= max_bytes {
+                    break 'segments;
+                }
+            }
+        }
+        // A wanted message passed over is either acked since the list was made (fine) or
+        // not written yet while later ones were: the answer must stop before the first of
+        // those, or the caller would take the gap for acked messages.
+        let st = self.shared.lock();
+        let unread =
+            skipped.iter().find(|seq| st.refs.get(&queue).is_some_and(|r| r.contains(**seq)));
+        if let Some(&gap) = unread {
+            out.retain(|(seq, _)| *seq < gap);
+        }
+        Ok(out)
+    }
+
     fn delivered(&self, queue: QueueId, seq: Seq) {
         let mut st = self.shared.lock();
         if st.failed.is_some() || st.closing {
@@ -382,6 +461,85 @@ impl Store for FileStore {
 impl Drop for FileStore {
     fn drop(&mut self) {
         let _ = self.close();
+    }
+}
+
+/// Reads a segment's records sequentially from an offset, a chunk at a time.
+struct SegmentReader {
+    file: File,
+    path: PathBuf,
+    /// File offset of `buf[start]`.
+    pos: u64,
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl SegmentReader {
+    /// Opens `path` at `offset`; `None` if the file does not exist (yet, or any more).
+    fn open(path: &Path, offset: u64) -> Result<Option<SegmentReader>, StoreError> {
+        match File::open(path) {
+            Ok(file) => Ok(Some(SegmentReader {
+                file,
+                path: path.to_path_buf(),
+                pos: offset,
+                buf: Vec::new(),
+                start: 0,
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io { op: "opening", path: path.to_path_buf(), source: e }),
+        }
+    }
+
+    fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// Makes the buffer hold at least `n` unread bytes, unless the file ends first.
+    fn fill(&mut self, n: usize) -> Result<(), StoreError> {
+        use std::os::unix::fs::FileExt;
+        if self.buffered().len() >= n {
+            return Ok(());
+        }
+        self.buf.drain(..self.start);
+        self.start = 0;
+        while self.buf.len() < n {
+            let have = self.buf.len();
+            self.buf.resize(have + (n - have).max(READ_CHUNK), 0);
+            let got = self
+                .file
+                .read_at(&mut self.buf[have..], self.pos + have as u64)
+                .map_err(io("reading", &self.path))?;
+            self.buf.truncate(have + got);
+            if got == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next whole record, or `None` at the end of what is written so far.
+    fn next(&mut self) -> Result<Option<Record>, StoreError> {
+        self.fill(record::HEADER_LEN)?;
+        let head = self.buffered();
+        if head.len() < record::HEADER_LEN {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let total = record::HEADER_LEN + len.min(record::MAX_BODY_LEN);
+        self.fill(total)?;
+        if self.buffered().len() < total {
+            // Still being written: stop before it.
+            return Ok(None);
+        }
+        let bytes = Bytes::copy_from_slice(&self.buffered()[..total]);
+        let (record, used) = record::decode(&bytes).map_err(|invalid| StoreError::Corrupt {
+            path: self.path.clone(),
+            offset: self.pos,
+            reason: format!("{invalid:?}"),
+        })?;
+        self.start += used;
+        self.pos += used as u64;
+        Ok(Some(record))
     }
 }
 
@@ -544,6 +702,8 @@ struct Scan {
     highest_id: SegmentId,
     /// The newest segment, if it recovered whole (after truncating a torn tail).
     last: Option<LastSegment>,
+    /// Locations of publish records, as `State::index` keeps them.
+    index: BTreeMap<Seq, (SegmentId, u64)>,
 }
 
 /// The newest segment as recovery left it, for appends to continue in it.
@@ -609,6 +769,7 @@ fn recover(journal: &Path, skip_corrupt: bool) -> Result<Scan, StoreError> {
         next_seq: 1,
         highest_id: 0,
         last: None,
+        index: BTreeMap::new(),
     };
     for (index, &id) in ids.iter().enumerate() {
         let path = segment_path(journal, id);
@@ -643,6 +804,11 @@ fn recover(journal: &Path, skip_corrupt: bool) -> Result<Scan, StoreError> {
             match record::decode(&data.slice(pos..)) {
                 Ok((record, len)) => {
                     has_base |= pos == SEGMENT_MAGIC.len() && matches!(record, Record::Base { .. });
+                    if let Record::Publish { seq, .. } = record
+                        && (first_seq.is_none() || seq.is_multiple_of(INDEX_EVERY))
+                    {
+                        scan.index.insert(seq, (id, pos as u64));
+                    }
                     apply(&mut scan, &mut first_seq, record);
                     pos += len;
                 }

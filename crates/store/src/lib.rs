@@ -94,6 +94,22 @@ pub trait Store: Send + Sync {
     /// [`StoreError::Failed`] after an earlier failure.
     fn ack(&self, queue: QueueId, seqs: &[Seq]) -> Result<(), StoreError>;
 
+    /// Reads back messages `queue` still references, from sequence number `from` on, in
+    /// order: at most `max_messages`, and stopping after the message that reaches
+    /// `max_bytes`. Only records already written are returned, so a message appended but
+    /// not yet written by the commit thread ends the list early; wait for
+    /// [`Progress::durable`] to cover it before reading it.
+    ///
+    /// # Errors
+    /// I/O errors reading the journal, and damage found in it.
+    fn read(
+        &self,
+        queue: QueueId,
+        from: Seq,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(Seq, Bytes)>, StoreError>;
+
     /// Notes that `queue` delivered `seq` to a consumer. Marks are coalesced (the highest
     /// per queue) and written with the next group commit; nobody waits for them.
     fn delivered(&self, queue: QueueId, seq: Seq);

@@ -112,6 +112,28 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn read(
+        &self,
+        queue: QueueId,
+        from: Seq,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(Seq, Bytes)>, StoreError> {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (seq, (queues, payload)) in st.messages.range(from..) {
+            if out.len() >= max_messages || bytes >= max_bytes {
+                break;
+            }
+            if queues.contains(&queue) {
+                bytes += payload.len();
+                out.push((*seq, payload.clone()));
+            }
+        }
+        Ok(out)
+    }
+
     fn delivered(&self, queue: QueueId, seq: Seq) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mark = st.delivered.entry(queue).or_insert(seq);

@@ -93,6 +93,19 @@ impl RangeSet {
     pub fn iter(&self) -> impl Iterator<Item = Seq> + '_ {
         self.ranges.iter().flat_map(|(start, end)| *start..*end)
     }
+
+    /// The members from `from` on, in increasing order.
+    pub fn iter_from(&self, from: Seq) -> impl Iterator<Item = Seq> + '_ {
+        let first = self
+            .ranges
+            .range(..=from)
+            .next_back()
+            .filter(|(_, end)| from < **end)
+            .map(|(_, end)| from..*end);
+        first.into_iter().flatten().chain(
+            self.ranges.range(from.saturating_add(1)..).flat_map(|(start, end)| *start..*end),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -125,6 +138,11 @@ mod tests {
         assert!(set.remove(1) && set.remove(10));
         assert_eq!(set.iter().collect::<Vec<_>>(), (2..=9).collect::<Vec<_>>());
         assert!(!set.remove(0) && !set.remove(100));
+        assert_eq!(set.iter_from(5).take(3).collect::<Vec<_>>(), vec![5, 6, 7]);
+        assert!(set.remove(6));
+        assert_eq!(set.iter_from(6).take(2).collect::<Vec<_>>(), vec![7, 8]);
+        assert_eq!(set.iter_from(0).next(), Some(2));
+        assert_eq!(set.iter_from(10).next(), None);
     }
 
     #[test]
