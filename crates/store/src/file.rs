@@ -132,6 +132,27 @@ impl State {
         }
     }
 
+    /// Lowers the live counts of the segments holding `first..end` (each a reference
+    /// released once).
+    fn release_segment_refs(&mut self, first: Seq, end: Seq) {
+        let mut at = first;
+        while at < end {
+            let Some((&segment_first, &id)) = self.by_first_seq.range(..=at).next_back() else {
+                break;
+            };
+            let _ = segment_first;
+            let segment_end = self
+                .by_first_seq
+                .range(at + 1..)
+                .find(|(_, s)| **s != id)
+                .map_or(end, |(first, _)| (*first).min(end));
+            if let Some(meta) = self.segments.get_mut(&id) {
+                meta.live = meta.live.saturating_sub(segment_end - at);
+            }
+            at = segment_end;
+        }
+    }
+
     /// Queues deletion of dead segments at the head of the journal.
     fn collect_dead_head(&mut self) {
         while let Some((&id, meta)) = self.segments.first_key_value() {
@@ -303,35 +324,39 @@ impl Store for FileStore {
     }
 
     fn append(&self, queues: &[QueueId], payload: &[u8]) -> Result<(Seq, Lsn), StoreError> {
-        let mut st = self.shared.lock();
-        st.check_writable()?;
-        let seq = st.next_seq;
-        let size = record::publish_len(queues.len(), payload.len()) as u64;
-        st.make_room(size, self.shared.config.segment_size, seq);
-        st.next_seq += 1;
-        let active = st.active;
-        if !st.active_indexed || seq.is_multiple_of(INDEX_EVERY) {
-            let offset = st.active_len;
-            st.index.insert(seq, (active, offset));
-            st.active_indexed = true;
-        }
-        record::encode_publish(st.batch_for(active), seq, queues, payload);
-        st.active_len += size;
-        let mut added = 0;
-        for queue in queues {
-            added += u64::from(st.refs.entry(*queue).or_default().insert(seq));
-        }
-        if let Some(meta) = st.segments.get_mut(&active) {
-            meta.live += added;
-        }
-        let lsn = st.next_lsn;
-        st.next_lsn += 1;
-        st.batch_last_lsn = lsn;
-        drop(st);
-        self.shared.wake.notify_one();
-        Ok((seq, lsn))
+        self.write_message(queues, payload, record::encode_publish)
     }
 
+    fn spill(&self, queues: &[QueueId], payload: &[u8]) -> Result<Seq, StoreError> {
+        self.write_message(queues, payload, record::encode_spill).map(|(seq, _)| seq)
+    }
+
+    fn release_from(&self, queue: QueueId, from: Seq) -> Result<u64, StoreError> {
+        let mut st = self.shared.lock();
+        st.check_writable()?;
+        let Some(refs) = st.refs.get_mut(&queue) else { return Ok(0) };
+        let released = refs.split_off_from(from);
+        if refs.is_empty() {
+            st.refs.remove(&queue);
+        }
+        if released.is_empty() {
+            return Ok(0);
+        }
+        for (first, end) in released.ranges() {
+            let next_seq = st.next_seq;
+            st.make_room(record::RELEASE_LEN as u64, self.shared.config.segment_size, next_seq);
+            let active = st.active;
+            record::encode_release(st.batch_for(active), queue, first, end - 1);
+            st.active_len += record::RELEASE_LEN as u64;
+            st.release_segment_refs(first, end);
+        }
+        st.next_lsn += 1;
+        st.batch_last_lsn = st.next_lsn - 1;
+        st.collect_dead_head();
+        drop(st);
+        self.shared.wake.notify_one();
+        Ok(released.len())
+    }
     fn ack(&self, queue: QueueId, seqs: &[Seq]) -> Result<(), StoreError> {
         if seqs.is_empty() {
             return Ok(());
@@ -400,7 +425,11 @@ impl Store for FileStore {
             let path = segment_path(&self.shared.journal, segment);
             let Some(mut reader) = SegmentReader::open(&path, offset)? else { break };
             while let Some(record) = reader.next()? {
-                let Record::Publish { seq, payload, .. } = record else { continue };
+                let (Record::Publish { seq, payload, .. } | Record::Spill { seq, payload, .. }) =
+                    record
+                else {
+                    continue;
+                };
                 while next < wanted.len() && wanted[next] < seq {
                     skipped.push(wanted[next]);
                     next += 1;
@@ -455,6 +484,44 @@ impl Store for FileStore {
             Some(Err(_)) => Err(StoreError::Failed("commit thread panicked".into())),
             _ => Ok(()),
         }
+    }
+}
+
+impl FileStore {
+    /// Appends a publish or spill record for `queues`.
+    fn write_message(
+        &self,
+        queues: &[QueueId],
+        payload: &[u8],
+        encode: fn(&mut BytesMut, Seq, &[QueueId], &[u8]),
+    ) -> Result<(Seq, Lsn), StoreError> {
+        let mut st = self.shared.lock();
+        st.check_writable()?;
+        let seq = st.next_seq;
+        let size = record::publish_len(queues.len(), payload.len()) as u64;
+        st.make_room(size, self.shared.config.segment_size, seq);
+        st.next_seq += 1;
+        let active = st.active;
+        if !st.active_indexed || seq.is_multiple_of(INDEX_EVERY) {
+            let offset = st.active_len;
+            st.index.insert(seq, (active, offset));
+            st.active_indexed = true;
+        }
+        encode(st.batch_for(active), seq, queues, payload);
+        st.active_len += size;
+        let mut added = 0;
+        for queue in queues {
+            added += u64::from(st.refs.entry(*queue).or_default().insert(seq));
+        }
+        if let Some(meta) = st.segments.get_mut(&active) {
+            meta.live += added;
+        }
+        let lsn = st.next_lsn;
+        st.next_lsn += 1;
+        st.batch_last_lsn = lsn;
+        drop(st);
+        self.shared.wake.notify_one();
+        Ok((seq, lsn))
     }
 }
 
@@ -863,6 +930,20 @@ fn apply(scan: &mut Scan, first_seq: &mut Option<Seq>, record: Record) {
         }
         Record::Ack { queue, seqs } => {
             for seq in seqs {
+                if let Some((queues, _)) = scan.messages.get_mut(&seq) {
+                    if let Some(i) = queues.iter().position(|q| *q == queue) {
+                        queues.remove(i);
+                    }
+                    if queues.is_empty() {
+                        scan.messages.remove(&seq);
+                    }
+                }
+            }
+        }
+        Record::Spill { seq, .. } => scan.next_seq = scan.next_seq.max(seq + 1),
+        Record::Release { queue, from, to } => {
+            let released: Vec<Seq> = scan.messages.range(from..=to).map(|(seq, _)| *seq).collect();
+            for seq in released {
                 if let Some((queues, _)) = scan.messages.get_mut(&seq) {
                     if let Some(i) = queues.iter().position(|q| *q == queue) {
                         queues.remove(i);

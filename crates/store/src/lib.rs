@@ -86,6 +86,21 @@ pub trait Store: Send + Sync {
     /// [`StoreError::Failed`] after an earlier write or sync failed.
     fn append(&self, queues: &[QueueId], payload: &[u8]) -> Result<(Seq, Lsn), StoreError>;
 
+    /// Writes a transient message out of memory, referenced by `queues`: readable with
+    /// [`Store::read`] and released with [`Store::ack`] like any other, but dropped by
+    /// recovery. Nobody waits for it to be durable.
+    ///
+    /// # Errors
+    /// [`StoreError::Failed`] after an earlier failure.
+    fn spill(&self, queues: &[QueueId], payload: &[u8]) -> Result<Seq, StoreError>;
+
+    /// Releases every reference `queue` holds from sequence number `from` on (a purge or a
+    /// delete of messages that are not in memory), returning how many there were.
+    ///
+    /// # Errors
+    /// [`StoreError::Failed`] after an earlier failure.
+    fn release_from(&self, queue: QueueId, from: Seq) -> Result<u64, StoreError>;
+
     /// Records that `queue` no longer references `seqs` (acked, dropped, purged). Acks are
     /// written with the next group commit but nobody waits for them: a lost ack means a
     /// redelivery, never a loss.

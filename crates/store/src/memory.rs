@@ -18,6 +18,8 @@ struct State {
     messages: BTreeMap<Seq, (Vec<QueueId>, Bytes)>,
     definitions: Option<Bytes>,
     delivered: std::collections::HashMap<QueueId, Seq>,
+    /// Spilled (transient) messages, which a restart does not bring back.
+    spilled: std::collections::HashSet<Seq>,
     closed: bool,
     /// Whether `take_recovered` ran since the store was (re)opened.
     taken: bool,
@@ -50,6 +52,7 @@ impl MemoryStore {
             messages: st
                 .messages
                 .iter()
+                .filter(|(seq, _)| !st.spilled.contains(seq))
                 .map(|(seq, (queues, payload))| RecoveredMessage {
                     seq: *seq,
                     queues: queues.clone(),
@@ -94,6 +97,28 @@ impl Store for MemoryStore {
         Ok((seq, lsn))
     }
 
+    fn spill(&self, queues: &[QueueId], payload: &[u8]) -> Result<Seq, StoreError> {
+        let (seq, _) = self.append(queues, payload)?;
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).spilled.insert(seq);
+        Ok(seq)
+    }
+
+    fn release_from(&self, queue: QueueId, from: Seq) -> Result<u64, StoreError> {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.closed {
+            return Err(StoreError::Closed);
+        }
+        let held: Vec<Seq> = st
+            .messages
+            .range(from..)
+            .filter(|(_, (q, _))| q.contains(&queue))
+            .map(|(s, _)| *s)
+            .collect();
+        drop(st);
+        self.ack(queue, &held)?;
+        Ok(held.len() as u64)
+    }
+
     fn ack(&self, queue: QueueId, seqs: &[Seq]) -> Result<(), StoreError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.closed {
@@ -106,6 +131,7 @@ impl Store for MemoryStore {
                 }
                 if queues.is_empty() {
                     st.messages.remove(seq);
+                    st.spilled.remove(seq);
                 }
             }
         }

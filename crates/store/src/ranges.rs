@@ -89,6 +89,25 @@ impl RangeSet {
         true
     }
 
+    /// Removes and returns every member from `from` on.
+    pub fn split_off_from(&mut self, from: Seq) -> RangeSet {
+        let mut tail = RangeSet { ranges: self.ranges.split_off(&from), len: 0 };
+        if let Some((&start, &end)) = self.ranges.range(..from).next_back()
+            && end > from
+        {
+            self.ranges.insert(start, from);
+            tail.ranges.insert(from, end);
+        }
+        tail.len = tail.ranges.iter().map(|(s, e)| e - s).sum();
+        self.len -= tail.len;
+        tail
+    }
+
+    /// The ranges, as `(first, end exclusive)`.
+    pub fn ranges(&self) -> impl Iterator<Item = (Seq, Seq)> + '_ {
+        self.ranges.iter().map(|(s, e)| (*s, *e))
+    }
+
     /// The members in increasing order.
     pub fn iter(&self) -> impl Iterator<Item = Seq> + '_ {
         self.ranges.iter().flat_map(|(start, end)| *start..*end)
@@ -143,6 +162,10 @@ mod tests {
         assert_eq!(set.iter_from(6).take(2).collect::<Vec<_>>(), vec![7, 8]);
         assert_eq!(set.iter_from(0).next(), Some(2));
         assert_eq!(set.iter_from(10).next(), None);
+        let tail = set.split_off_from(5);
+        assert_eq!(tail.iter().collect::<Vec<_>>(), vec![5, 7, 8, 9]);
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![2, 3, 4]);
+        assert_eq!((set.len(), tail.len()), (3, 4));
     }
 
     #[test]

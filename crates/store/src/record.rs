@@ -7,6 +7,8 @@
 //! ack     = 2 queue:u32 count:u32 seq:u64×count
 //! deliver = 3 queue:u32 seq:u64             (the queue has delivered up to seq)
 //! base    = 4 next_seq:u64                  (first record of every segment)
+//! spill   = 5 as publish                    (a transient message moved out of memory)
+//! release = 6 queue:u32 from:u64 to:u64     (an ack of every reference in from..=to)
 //! ```
 //!
 //! A segment file starts with [`SEGMENT_MAGIC`]. Records never span segments.
@@ -26,6 +28,8 @@ const KIND_PUBLISH: u8 = 1;
 const KIND_ACK: u8 = 2;
 const KIND_DELIVERED: u8 = 3;
 const KIND_BASE: u8 = 4;
+const KIND_SPILL: u8 = 5;
+const KIND_RELEASE: u8 = 6;
 
 /// A decoded record body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +49,25 @@ pub enum Record {
         queue: QueueId,
         /// The sequence numbers.
         seqs: Vec<Seq>,
+    },
+    /// A transient message written only to leave memory: readable like a publish, but
+    /// recovery drops it (transient messages do not survive a restart).
+    Spill {
+        /// Sequence number.
+        seq: Seq,
+        /// Referencing queues.
+        queues: Vec<QueueId>,
+        /// The payload.
+        payload: Bytes,
+    },
+    /// A queue dropped its references to every message in `from..=to` (a purge, a delete).
+    Release {
+        /// The queue.
+        queue: QueueId,
+        /// First sequence number.
+        from: Seq,
+        /// Last sequence number.
+        to: Seq,
     },
     /// Opens every segment: the sequence number the next publish gets, so that numbers are
     /// never reused even when every publish record has been deleted.
@@ -78,10 +101,33 @@ const PUBLISH_FIXED: usize = 13;
 
 /// Appends a publish record.
 pub fn encode_publish(buf: &mut BytesMut, seq: Seq, queues: &[QueueId], payload: &[u8]) {
+    encode_message(buf, KIND_PUBLISH, seq, queues, payload);
+}
+
+/// Appends a spill record (same layout as a publish).
+pub fn encode_spill(buf: &mut BytesMut, seq: Seq, queues: &[QueueId], payload: &[u8]) {
+    encode_message(buf, KIND_SPILL, seq, queues, payload);
+}
+
+/// Appends a release record.
+pub fn encode_release(buf: &mut BytesMut, queue: QueueId, from: Seq, to: Seq) {
+    let start = buf.len();
+    buf.put_u64(0);
+    buf.put_u8(KIND_RELEASE);
+    buf.put_u32(queue);
+    buf.put_u64(from);
+    buf.put_u64(to);
+    finish(buf, start);
+}
+
+/// Size of a release record on disk.
+pub const RELEASE_LEN: usize = HEADER_LEN + 21;
+
+fn encode_message(buf: &mut BytesMut, kind: u8, seq: Seq, queues: &[QueueId], payload: &[u8]) {
     let start = buf.len();
     buf.reserve(publish_len(queues.len(), payload.len()));
     buf.put_u64(0);
-    buf.put_u8(KIND_PUBLISH);
+    buf.put_u8(kind);
     buf.put_u64(seq);
     buf.put_u32(queues.len() as u32);
     for q in queues {
@@ -161,7 +207,7 @@ pub fn decode(data: &Bytes) -> Result<(Record, usize), Invalid> {
     }
     let damaged = |what: &str| Invalid::Damaged(format!("malformed {what} record"));
     let record = match body[0] {
-        KIND_PUBLISH => {
+        kind @ (KIND_PUBLISH | KIND_SPILL) => {
             if body.len() < PUBLISH_FIXED {
                 return Err(damaged("publish"));
             }
@@ -175,7 +221,12 @@ pub fn decode(data: &Bytes) -> Result<(Record, usize), Invalid> {
                 .chunks_exact(4)
                 .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
-            Record::Publish { seq, queues, payload: body.slice(end..) }
+            let payload = body.slice(end..);
+            if kind == KIND_SPILL {
+                Record::Spill { seq, queues, payload }
+            } else {
+                Record::Publish { seq, queues, payload }
+            }
         }
         KIND_ACK => {
             if body.len() < 9 {
@@ -199,6 +250,15 @@ pub fn decode(data: &Bytes) -> Result<(Record, usize), Invalid> {
             let queue = u32::from_be_bytes([body[1], body[2], body[3], body[4]]);
             let seq = u64::from_be_bytes(body[5..13].try_into().map_err(|_| damaged("delivered"))?);
             Record::Delivered { queue, seq }
+        }
+        KIND_RELEASE => {
+            if body.len() != 21 {
+                return Err(damaged("release"));
+            }
+            let queue = u32::from_be_bytes([body[1], body[2], body[3], body[4]]);
+            let from = u64::from_be_bytes(body[5..13].try_into().map_err(|_| damaged("release"))?);
+            let to = u64::from_be_bytes(body[13..21].try_into().map_err(|_| damaged("release"))?);
+            Record::Release { queue, from, to }
         }
         KIND_BASE => {
             let next_seq =
