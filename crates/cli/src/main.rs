@@ -54,6 +54,10 @@ struct ServeArgs {
     /// Journal segment size in bytes [default: 67108864]
     #[arg(long, env = "POSTROOM_SEGMENT_SIZE")]
     segment_size: Option<u64>,
+    /// Bytes of ready messages a durable queue keeps in memory before new ones wait in the
+    /// journal only [default: 8388608]
+    #[arg(long, env = "POSTROOM_QUEUE_MEMORY_LIMIT")]
+    queue_memory_limit: Option<usize>,
     /// Start even if a journal segment is damaged inside, skipping the damaged records
     #[arg(long, env = "POSTROOM_RECOVER_SKIP_CORRUPT")]
     recover_skip_corrupt: bool,
@@ -86,6 +90,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     }
     if let Some(size) = args.segment_size {
         config.segment_size = size;
+    }
+    if let Some(limit) = args.queue_memory_limit {
+        config.queue_memory_limit = limit;
     }
     config.recover_skip_corrupt |= args.recover_skip_corrupt;
     // Fault injection for the fault tests; deliberately not a documented flag.

@@ -132,7 +132,10 @@ async fn drain(channel: &Channel, queue: &str) -> Vec<u64> {
 async fn confirmed_messages_survive_repeated_kill_9_under_load() {
     let mut rng = Rng(seed() | 1);
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = ChildBroker::start(Path::new(BIN), dir.path(), &["--log", "warn"]);
+    // A small memory limit keeps most of each backlog in the journal only, so the crash
+    // hits the spill and read-back paths too.
+    let args = ["--log", "warn", "--queue-memory-limit", "16384"];
+    let mut broker = ChildBroker::start(Path::new(BIN), dir.path(), &args);
     let mut next_id = 1;
     for round in 0..5 {
         let queue = format!("crash-{round}");
@@ -146,7 +149,7 @@ async fn confirmed_messages_survive_repeated_kill_9_under_load() {
         broker.kill();
         let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         drop(conn);
-        broker.restart(&["--log", "warn"]);
+        broker.restart(&args);
 
         let (conn, channel) = connect(&broker.url()).await;
         let present = drain(&channel, &queue).await;

@@ -5,7 +5,7 @@
 //! and calls it with no `.await` in between, so every operation is atomic and events for a
 //! connection are emitted in the order they were decided.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use postroom_amqp::ShortStr;
@@ -16,6 +16,9 @@ use crate::error::{BrokerError, Result};
 use crate::session::{ChannelKey, ChannelState, ConnectionState, Outlet};
 use crate::vhost::VHost;
 
+/// Default for [`Broker::set_queue_memory_limit`]: 8 MiB per durable queue.
+pub const DEFAULT_QUEUE_MEMORY_LIMIT: usize = 8 * 1024 * 1024;
+
 /// The whole broker state.
 pub struct Broker {
     pub(crate) vhosts: HashMap<ShortStr, VHost>,
@@ -25,6 +28,11 @@ pub struct Broker {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) next_queue_id: QueueId,
     next_id: u64,
+    /// Bytes of ready messages a durable queue keeps in memory before new ones wait in
+    /// the store only.
+    pub(crate) queue_memory_limit: usize,
+    /// Queues whose next messages were not yet written when wanted (vhost, queue).
+    pub(crate) waiting: HashSet<(ShortStr, ShortStr)>,
 }
 
 impl Broker {
@@ -43,7 +51,15 @@ impl Broker {
             store,
             next_queue_id: 1,
             next_id: 1,
+            queue_memory_limit: DEFAULT_QUEUE_MEMORY_LIMIT,
+            waiting: HashSet::new(),
         }
+    }
+
+    /// Sets how many bytes of ready messages a durable queue keeps in memory; past it,
+    /// new messages wait in the store only and are read back as the queue drains.
+    pub fn set_queue_memory_limit(&mut self, bytes: usize) {
+        self.queue_memory_limit = bytes;
     }
 
     /// The store.

@@ -350,15 +350,13 @@ impl Broker {
     /// `NotFound`, `ResourceLocked`.
     pub fn queue_purge(&mut self, connection: ConnectionId, name: &str) -> Result<u32> {
         let vhost_name = self.vhost_of(connection)?;
+        let store = self.store.clone();
         let queue = self.vhost_mut(&vhost_name)?.queue_mut(name)?;
         if !queue.accessible_by(connection) {
             return Err(BrokerError::locked(name, &vhost_name));
         }
-        let store_id = queue.store_id;
-        let (count, stored) = queue.purge();
-        if let Some(id) = store_id {
-            self.store.ack(id, &stored).map_err(|e| BrokerError::StoreFailed(e.to_string()))?;
-        }
+        let (count, released) = queue.purge(&*store);
+        released.map_err(|e| BrokerError::StoreFailed(e.to_string()))?;
         Ok(count)
     }
 
@@ -402,14 +400,16 @@ impl Broker {
         let Some(vhost) = self.vhosts.get_mut(vhost_name) else {
             return 0;
         };
-        let Some(queue) = vhost.queues.remove(name) else {
+        let Some(mut queue) = vhost.queues.remove(name) else {
             return 0;
         };
         vhost.remove_bindings_to(&Destination::Queue(queue.name.clone()));
+        // Release its messages, ready and unacked alike; an ack arriving later for an
+        // unacked one then has nothing left to release. On failure the references stay;
+        // recovery releases them (their queue is gone).
+        let (count, _) = queue.purge(&*self.store);
         if let Some(id) = queue.store_id {
-            // Release its messages, ready and unacked alike; an ack arriving later for an
-            // unacked one then has nothing left to release.
-            let mut stored: Vec<_> = queue.ready.iter().filter_map(|m| m.stored).collect();
+            let mut stored = Vec::new();
             for connection in self.connections.values_mut() {
                 for channel in connection.channels.values_mut() {
                     for unacked in channel
@@ -437,7 +437,7 @@ impl Broker {
                 consumer_tag: consumer.tag.clone(),
             });
         }
-        queue.message_count()
+        count
     }
 
     /// Detaches a consumer from its queue, deleting the queue if it is auto-delete and this

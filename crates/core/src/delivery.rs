@@ -85,7 +85,7 @@ fn dispatch(
                     .is_some_and(|ch| ch.has_credit())
         });
         let Some(index) = chosen else { break };
-        let Some(message) = queue.ready.pop_front() else {
+        let Some(message) = queue.pop(store) else {
             break;
         };
         queue.next_consumer = (index + 1) % count;
@@ -133,6 +133,17 @@ impl Broker {
     pub fn dispatch(&mut self, vhost: &str, queue: &str) {
         if let Some(q) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) {
             dispatch(q, &mut self.connections, &*self.store);
+            if q.ready.waiting_for_store() {
+                self.waiting.insert((vhost.into(), q.name.clone()));
+            }
+        }
+    }
+
+    /// Delivers from queues whose next messages were not yet written by the store when
+    /// they were wanted. Call when the store's progress advances.
+    pub fn resume_waiting(&mut self) {
+        for (vhost, queue) in std::mem::take(&mut self.waiting) {
+            self.dispatch(&vhost, &queue);
         }
     }
 
@@ -223,8 +234,11 @@ impl Broker {
                 if queue.store_id.is_some() {
                     entry.stored = stored.map(|(seq, _)| seq);
                 }
-                queue.ready.push_back(entry);
+                queue.ready.push(entry, queue.store_id, &*self.store, self.queue_memory_limit);
                 dispatch(queue, &mut self.connections, &*self.store);
+                if queue.ready.waiting_for_store() {
+                    self.waiting.insert((vhost_name.clone(), queue.name.clone()));
+                }
             }
         }
         Ok(Published {
@@ -395,11 +409,12 @@ impl Broker {
     /// `NotFound`, `ResourceLocked`.
     pub fn basic_get(&mut self, key: ChannelKey, queue: &str, no_ack: bool) -> Result<Option<Got>> {
         let vhost_name = self.vhost_of(key.connection)?;
+        let store = self.store.clone();
         let q = self.vhost_mut(&vhost_name)?.queue_mut(queue)?;
         if !q.accessible_by(key.connection) {
             return Err(BrokerError::locked(queue, &vhost_name));
         }
-        let Some(message) = q.ready.pop_front() else {
+        let Some(message) = q.pop(&*store) else {
             return Ok(None);
         };
         let message_count = q.message_count();
@@ -530,7 +545,8 @@ impl Broker {
             let queue = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(&queue));
             if let Some(q) = queue.filter(|q| q.incarnation == incarnation) {
                 q.requeue(messages.into_iter());
-                dispatch(q, &mut self.connections, &*self.store);
+                let name = q.name.clone();
+                self.dispatch(vhost, &name);
             }
         }
     }

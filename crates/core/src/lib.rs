@@ -12,12 +12,14 @@
 //! - [`delivery`]: publish, consume, get, ack/nack/reject, recover, dispatch.
 //! - [`exchange`]: exchanges and bindings; one file per exchange type.
 //! - [`queue`]: queues and consumers.
+//! - [`backlog`]: a queue's ready messages, in memory up to a limit, then in the store.
 //! - [`session`]: channel delivery state, [`Outlet`] and [`Outbound`] events.
 //! - [`vhost`]: virtual hosts and routing across exchanges.
 //! - [`message`]: messages and their delivery history.
 //! - [`persist`]: durable definitions and messages across restarts.
 //! - [`error`]: the [`BrokerError`] type.
 
+pub mod backlog;
 pub mod broker;
 pub mod definitions;
 pub mod delivery;

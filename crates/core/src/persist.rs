@@ -6,7 +6,6 @@
 //! source and destination are both persisted or predeclared.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use postroom_amqp::wire::Reader;
@@ -16,7 +15,7 @@ use postroom_store::{QueueId, Recovered};
 use crate::broker::Broker;
 use crate::error::{BrokerError, Result};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
-use crate::message::{Message, QueuedMessage};
+
 use crate::queue::Queue;
 use crate::vhost::{PREDECLARED_EXCHANGES, VHost};
 
@@ -215,10 +214,9 @@ impl Broker {
                 }
             }
         }
+        // Recovered messages wait in the store: queues read them back as they drain, so a
+        // restart with a large backlog does not hold it in memory.
         for recovered_message in recovered.messages {
-            let message =
-                Message::decode(&recovered_message.payload).map_err(|_| bad("message"))?;
-            let message = Arc::new(message);
             for id in &recovered_message.queues {
                 let Some((vhost, name)) = by_id.get(id) else {
                     // Its queue was deleted but the ack did not reach the disk: release it.
@@ -229,15 +227,13 @@ impl Broker {
                 else {
                     continue;
                 };
-                let delivered =
-                    recovered.delivered.get(id).is_some_and(|d| *d >= recovered_message.seq);
-                queue.ready.push_back(QueuedMessage {
-                    message: message.clone(),
-                    redelivered: delivered,
-                    delivery_count: 0,
-                    stored: Some(recovered_message.seq),
-                });
+                queue.ready.push_cold(recovered_message.seq);
                 summary.messages += 1;
+            }
+        }
+        for (id, (vhost, name)) in &by_id {
+            if let Some(queue) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(name)) {
+                queue.ready.set_delivered_before(recovered.delivered.get(id).copied());
             }
         }
         Ok(summary)

@@ -3,10 +3,10 @@
 //! A queue does not deliver by itself: [`crate::Broker`] runs dispatch, because choosing a
 //! consumer needs its channel's prefetch state.
 
-use std::collections::VecDeque;
-
 use postroom_amqp::{FieldTable, ShortStr};
-use postroom_store::{QueueId, Seq};
+use postroom_store::{QueueId, Store};
+
+use crate::backlog::Backlog;
 
 use crate::ConnectionId;
 use crate::message::QueuedMessage;
@@ -59,8 +59,8 @@ pub struct Queue {
     pub auto_delete: bool,
     /// Declare arguments.
     pub arguments: FieldTable,
-    /// Messages ready for delivery, oldest first.
-    pub ready: VecDeque<QueuedMessage>,
+    /// Messages ready for delivery, oldest first, in memory or in the store.
+    pub ready: Backlog,
     /// Consumers, in the order they subscribed.
     pub consumers: Vec<Consumer>,
     /// Index of the consumer to try first on the next delivery (round-robin).
@@ -88,7 +88,7 @@ impl Queue {
             exclusive_owner,
             auto_delete,
             arguments,
-            ready: VecDeque::new(),
+            ready: Backlog::default(),
             consumers: Vec::new(),
             next_consumer: 0,
             had_consumers: false,
@@ -100,6 +100,11 @@ impl Queue {
     /// Number of messages ready for delivery.
     pub fn message_count(&self) -> u32 {
         self.ready.len().try_into().unwrap_or(u32::MAX)
+    }
+
+    /// Takes the head ready message (reading it from the store if need be).
+    pub fn pop(&mut self, store: &dyn Store) -> Option<QueuedMessage> {
+        self.ready.pop(self.store_id, store)
     }
 
     /// Number of consumers.
@@ -116,11 +121,7 @@ impl Queue {
     /// redelivered — as RabbitMQ returns a requeued message to its original position ahead
     /// of newer messages.
     pub fn requeue(&mut self, messages: impl DoubleEndedIterator<Item = QueuedMessage>) {
-        for mut message in messages.rev() {
-            message.redelivered = true;
-            message.delivery_count = message.delivery_count.saturating_add(1);
-            self.ready.push_front(message);
-        }
+        self.ready.requeue(messages);
     }
 
     /// Removes a consumer by channel and tag, returning it.
@@ -141,11 +142,18 @@ impl Queue {
         self.auto_delete && self.had_consumers && self.consumers.is_empty()
     }
 
-    /// Removes every ready message, returning how many there were and the store
-    /// sequence numbers to release.
-    pub fn purge(&mut self) -> (u32, Vec<Seq>) {
-        let count = self.message_count();
-        let stored = self.ready.drain(..).filter_map(|m| m.stored).collect();
-        (count, stored)
+    /// Removes every ready message and releases them in the store, returning how many
+    /// there were. A store failure is returned after the queue is emptied (the store then
+    /// accepts nothing; recovery finds the references of a failed release).
+    pub fn purge(&mut self, store: &dyn Store) -> (u32, Result<(), postroom_store::StoreError>) {
+        let (count, in_memory, run) = self.ready.clear();
+        let count = count.try_into().unwrap_or(u32::MAX);
+        let Some(id) = self.store_id else { return (count, Ok(())) };
+        let released = store.ack(id, &in_memory);
+        let released = released.and_then(|()| match run {
+            Some(from) => store.release_from(id, from).map(|_| ()),
+            None => Ok(()),
+        });
+        (count, released)
     }
 }

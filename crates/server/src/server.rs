@@ -75,6 +75,7 @@ impl Server {
         let store: Arc<dyn Store> =
             Arc::new(FileStore::open(&config.data_dir, config.store_config())?);
         let mut broker = Broker::new(seed, store.clone());
+        broker.set_queue_memory_limit(config.queue_memory_limit);
         let recovered = store.take_recovered();
         let summary = broker.restore(recovered)?;
         tracing::info!(
@@ -87,6 +88,7 @@ impl Server {
         let shared = Arc::new(Shared { broker: Mutex::new(broker), config, store });
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(http::serve(http, stopped.clone()));
+        tokio::spawn(resume_waiting_queues(shared.clone()));
         let accept = tokio::spawn(accept_loop(shared.clone(), amqp, stopped));
         Ok(Server { shared, amqp_addr, http_addr, stop, accept })
     }
@@ -112,6 +114,15 @@ impl Server {
         if let Ok(Err(error)) = closed {
             tracing::error!(%error, "closing the store");
         }
+    }
+}
+
+/// Queues whose next messages were not yet written when a consumer wanted them deliver
+/// as soon as the store has written more.
+async fn resume_waiting_queues(shared: Arc<Shared>) {
+    let mut progress = shared.store.progress();
+    while progress.changed().await.is_ok() {
+        shared.lock().resume_waiting();
     }
 }
 

@@ -1,0 +1,237 @@
+//! A queue's ready messages: a head held in memory and, past a memory limit, a tail kept
+//! only in the store.
+//!
+//! While a queue's ready messages fit its memory limit they are all in memory. Once they
+//! do not, new messages of a durable queue stay in the store only (persistent ones are
+//! there already; transient ones are spilled), counted by a [`Cold`] run, and are read back
+//! in batches as the head drains. So a backlog of millions costs memory for the head only,
+//! and FIFO order holds: every message in memory precedes every message of the run (a run
+//! starts after the newest message in memory, and the head is refilled from the run's
+//! start).
+//!
+//! Non-durable queues have no store identity and keep everything in memory.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use postroom_store::{QueueId, Seq, Store};
+
+use crate::message::{Message, QueuedMessage};
+
+/// How many messages one refill reads at most.
+const REFILL_MESSAGES: usize = 512;
+/// How many payload bytes one refill reads at most (it stops after the message past it).
+const REFILL_BYTES: usize = 1024 * 1024;
+/// Bytes a message in memory is charged beyond its body and properties (structs, Arcs).
+const ENTRY_OVERHEAD: usize = 128;
+
+/// Messages of a queue that are only in the store: every message the queue references
+/// there from `from` on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cold {
+    from: Seq,
+    count: u64,
+}
+
+/// A queue's ready messages.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    hot: VecDeque<QueuedMessage>,
+    hot_bytes: usize,
+    cold: Option<Cold>,
+    /// A refill found cold messages not yet written by the store; retry when it has.
+    waiting_for_store: bool,
+    /// After a restart: messages up to this sequence number may have reached a consumer
+    /// before it, and come back flagged redelivered.
+    delivered_before: Option<Seq>,
+}
+
+fn charge(entry: &QueuedMessage) -> usize {
+    entry.message.body.len() + entry.message.raw_properties.len() + ENTRY_OVERHEAD
+}
+
+impl Backlog {
+    /// Ready messages, in memory and in the store.
+    pub fn len(&self) -> u64 {
+        self.hot.len() as u64 + self.cold.map_or(0, |c| c.count)
+    }
+
+    /// Whether no message is ready.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Messages held in memory.
+    pub fn in_memory(&self) -> usize {
+        self.hot.len()
+    }
+
+    /// Whether a refill waits for the store to write what it should read.
+    pub fn waiting_for_store(&self) -> bool {
+        self.waiting_for_store
+    }
+
+    /// Adds a newly routed message at the tail. A message of a durable queue (`store_id`)
+    /// stays in the store only if the queue is over `limit` bytes in memory or already has
+    /// messages there; a transient one is spilled for that. If a spill fails (a failed
+    /// store) the message stays in memory: kept, even if then out of order.
+    pub fn push(
+        &mut self,
+        entry: QueuedMessage,
+        store_id: Option<QueueId>,
+        store: &dyn Store,
+        limit: usize,
+    ) {
+        let Some(queue_id) = store_id else { return self.push_hot(entry) };
+        if self.cold.is_none() && self.hot_bytes + charge(&entry) <= limit {
+            return self.push_hot(entry);
+        }
+        let seq = match entry.stored {
+            Some(seq) => seq,
+            None => match store.spill(&[queue_id], &entry.message.encode()) {
+                Ok(seq) => seq,
+                Err(_) => return self.push_hot(entry),
+            },
+        };
+        self.push_cold(seq);
+    }
+
+    /// Counts a message that is in the store only (recovery, or [`Backlog::push`]).
+    /// Sequence numbers must come in increasing order.
+    pub fn push_cold(&mut self, seq: Seq) {
+        match &mut self.cold {
+            Some(cold) => cold.count += 1,
+            None => self.cold = Some(Cold { from: seq, count: 1 }),
+        }
+    }
+
+    /// Notes, after a restart, that messages up to `seq` may have been delivered.
+    pub fn set_delivered_before(&mut self, seq: Option<Seq>) {
+        self.delivered_before = seq;
+    }
+
+    fn push_hot(&mut self, entry: QueuedMessage) {
+        self.hot_bytes += charge(&entry);
+        self.hot.push_back(entry);
+    }
+
+    /// Takes the head message, reading the next batch from the store when memory holds
+    /// none. `None` if the queue is empty, or if what it holds is not written yet
+    /// ([`Backlog::waiting_for_store`]).
+    pub fn pop(&mut self, store_id: Option<QueueId>, store: &dyn Store) -> Option<QueuedMessage> {
+        if self.hot.is_empty() {
+            self.refill(store_id, store);
+        }
+        let entry = self.hot.pop_front()?;
+        self.hot_bytes = self.hot_bytes.saturating_sub(charge(&entry));
+        Some(entry)
+    }
+
+    fn refill(&mut self, store_id: Option<QueueId>, store: &dyn Store) {
+        let (Some(queue_id), Some(mut cold)) = (store_id, self.cold) else { return };
+        let batch =
+            store.read(queue_id, cold.from, REFILL_MESSAGES, REFILL_BYTES).unwrap_or_default();
+        self.waiting_for_store = batch.is_empty();
+        for (seq, payload) in batch {
+            cold.from = seq + 1;
+            cold.count = cold.count.saturating_sub(1);
+            // A payload that does not decode cannot be delivered; it stays referenced in
+            // the store (found again after a restart) rather than being dropped silently.
+            let Ok(message) = Message::decode(&payload) else { continue };
+            let mut entry = QueuedMessage::new(Arc::new(message));
+            entry.stored = Some(seq);
+            entry.redelivered = self.delivered_before.is_some_and(|d| seq <= d);
+            self.push_hot(entry);
+        }
+        self.cold = (cold.count > 0).then_some(cold);
+    }
+
+    /// Puts messages back at the head, keeping their relative order, marked redelivered —
+    /// as RabbitMQ returns a requeued message to its original position ahead of newer ones.
+    pub fn requeue(&mut self, messages: impl DoubleEndedIterator<Item = QueuedMessage>) {
+        for mut message in messages.rev() {
+            message.redelivered = true;
+            message.delivery_count = message.delivery_count.saturating_add(1);
+            self.hot_bytes += charge(&message);
+            self.hot.push_front(message);
+        }
+    }
+
+    /// Empties the backlog, returning how many messages it held, the store sequence numbers
+    /// of those in memory, and where the run in the store starts (everything the queue
+    /// references from there on is to be released).
+    pub fn clear(&mut self) -> (u64, Vec<Seq>, Option<Seq>) {
+        let count = self.len();
+        let stored = self.hot.drain(..).filter_map(|m| m.stored).collect();
+        self.hot_bytes = 0;
+        self.waiting_for_store = false;
+        (count, stored, self.cold.take().map(|c| c.from))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use postroom_amqp::BasicProperties;
+    use postroom_store::MemoryStore;
+
+    fn message(n: u64, persistent: bool) -> Message {
+        let properties = BasicProperties {
+            delivery_mode: Some(if persistent { 2 } else { 1 }),
+            ..Default::default()
+        };
+        Message::new("".into(), "q".into(), properties, Bytes::from(n.to_string()))
+    }
+
+    fn publish(backlog: &mut Backlog, store: &MemoryStore, n: u64, persistent: bool, limit: usize) {
+        let message = message(n, persistent);
+        let mut entry = QueuedMessage::new(Arc::new(message.clone()));
+        if persistent {
+            entry.stored = Some(store.append(&[1], &message.encode()).unwrap().0);
+        }
+        backlog.push(entry, Some(1), store, limit);
+    }
+
+    #[test]
+    fn past_the_limit_messages_wait_in_the_store_and_come_back_in_order() {
+        let store = MemoryStore::new();
+        let mut backlog = Backlog::default();
+        for n in 0..2000 {
+            publish(&mut backlog, &store, n, n % 3 != 0, 16 * 1024);
+        }
+        assert_eq!(backlog.len(), 2000);
+        assert!(backlog.in_memory() < 200, "{} in memory", backlog.in_memory());
+        let mut seen = Vec::new();
+        while let Some(entry) = backlog.pop(Some(1), &store) {
+            seen.push(
+                String::from_utf8(entry.message.body.to_vec()).unwrap().parse::<u64>().unwrap(),
+            );
+        }
+        assert_eq!(seen, (0..2000).collect::<Vec<_>>());
+        assert!(backlog.is_empty());
+    }
+
+    #[test]
+    fn a_non_durable_queue_keeps_everything_in_memory() {
+        let store = MemoryStore::new();
+        let mut backlog = Backlog::default();
+        for n in 0..100 {
+            backlog.push(QueuedMessage::new(Arc::new(message(n, false))), None, &store, 0);
+        }
+        assert_eq!(backlog.in_memory(), 100);
+    }
+
+    #[test]
+    fn clearing_reports_the_run_to_release() {
+        let store = MemoryStore::new();
+        let mut backlog = Backlog::default();
+        for n in 0..10 {
+            publish(&mut backlog, &store, n, true, 0);
+        }
+        let (count, in_memory, run) = backlog.clear();
+        assert_eq!((count, in_memory.len()), (10, 0));
+        assert_eq!(run, Some(1));
+        assert!(backlog.is_empty());
+    }
+}
