@@ -105,6 +105,16 @@ impl Backlog {
         }
     }
 
+    /// Counts `count` messages that are in the store only, the queue's references from
+    /// `from` on (recovery). The backlog must have nothing in the store yet.
+    pub fn push_cold_run(&mut self, from: Seq, count: u64) {
+        match &mut self.cold {
+            Some(cold) => cold.count += count,
+            None if count > 0 => self.cold = Some(Cold { from, count }),
+            None => {}
+        }
+    }
+
     /// Notes, after a restart, that messages up to `seq` may have been delivered.
     pub fn set_delivered_before(&mut self, seq: Option<Seq>) {
         self.delivered_before = seq;

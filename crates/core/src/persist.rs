@@ -216,19 +216,18 @@ impl Broker {
         }
         // Recovered messages wait in the store: queues read them back as they drain, so a
         // restart with a large backlog does not hold it in memory.
-        for recovered_message in recovered.messages {
-            for id in &recovered_message.queues {
-                let Some((vhost, name)) = by_id.get(id) else {
-                    // Its queue was deleted but the ack did not reach the disk: release it.
-                    let _ = self.store.ack(*id, &[recovered_message.seq]);
-                    continue;
-                };
-                let Some(queue) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(name))
-                else {
-                    continue;
-                };
-                queue.ready.push_cold(recovered_message.seq);
-                summary.messages += 1;
+        for (id, refs) in &recovered.queues {
+            let queue = by_id.get(id).and_then(|(vhost, name)| {
+                self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(name))
+            });
+            let Some(queue) = queue else {
+                // Its queue was deleted but the release did not reach the disk: release now.
+                let _ = self.store.release_from(*id, 0);
+                continue;
+            };
+            if let Some(first) = refs.iter().next() {
+                queue.ready.push_cold_run(first, refs.len());
+                summary.messages += refs.len() as usize;
             }
         }
         for (id, (vhost, name)) in &by_id {

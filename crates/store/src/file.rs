@@ -34,7 +34,7 @@ use crate::config::{Durability, StoreConfig};
 use crate::error::StoreError;
 use crate::ranges::RangeSet;
 use crate::record::{self, Invalid, Record, SEGMENT_MAGIC};
-use crate::{Lsn, Progress, QueueId, Recovered, RecoveredMessage, Seq, Store};
+use crate::{Lsn, Progress, QueueId, Recovered, Seq, Store};
 
 type SegmentId = u64;
 
@@ -73,6 +73,8 @@ struct State {
     index: BTreeMap<Seq, (SegmentId, u64)>,
     /// Whether the active segment's first publish is in `index`.
     active_indexed: bool,
+    /// Damaged byte ranges recovery skipped (`--recover-skip-corrupt`): reads skip them too.
+    damage: Vec<(SegmentId, u64, u64)>,
     /// The messages each queue still references. Acks are checked against it, so a
     /// repeated or stray ack can never release another queue's reference.
     refs: HashMap<QueueId, RangeSet>,
@@ -135,22 +137,29 @@ impl State {
     /// Lowers the live counts of the segments holding `first..end` (each a reference
     /// released once).
     fn release_segment_refs(&mut self, first: Seq, end: Seq) {
+        for (id, count) in self.segment_spans(first, end) {
+            if let Some(meta) = self.segments.get_mut(&id) {
+                meta.live = meta.live.saturating_sub(count);
+            }
+        }
+    }
+
+    /// Splits `first..end` by the segments holding those sequence numbers: how many of
+    /// them each holds.
+    fn segment_spans(&self, first: Seq, end: Seq) -> Vec<(SegmentId, u64)> {
+        let mut spans = Vec::new();
         let mut at = first;
         while at < end {
-            let Some((&segment_first, &id)) = self.by_first_seq.range(..=at).next_back() else {
-                break;
-            };
-            let _ = segment_first;
+            let Some((_, &id)) = self.by_first_seq.range(..=at).next_back() else { break };
             let segment_end = self
                 .by_first_seq
                 .range(at + 1..)
                 .find(|(_, s)| **s != id)
                 .map_or(end, |(first, _)| (*first).min(end));
-            if let Some(meta) = self.segments.get_mut(&id) {
-                meta.live = meta.live.saturating_sub(segment_end - at);
-            }
+            spans.push((id, segment_end - at));
             at = segment_end;
         }
+        spans
     }
 
     /// Queues deletion of dead segments at the head of the journal.
@@ -216,7 +225,7 @@ impl FileStore {
         let journal = dir.join("journal");
         fs::create_dir_all(&journal).map_err(io("creating", &journal))?;
         let definitions = load_definitions(dir)?;
-        let scan = recover(&journal, config.recover_skip_corrupt)?;
+        let mut scan = recover(&journal, config.recover_skip_corrupt)?;
         let mut segments = BTreeMap::new();
         let mut by_first_seq = BTreeMap::new();
         for (id, first_seq) in &scan.segments {
@@ -243,6 +252,7 @@ impl FileStore {
             marks: HashMap::new(),
             index: scan.index,
             active_indexed: false,
+            damage: std::mem::take(&mut scan.damage),
             refs: HashMap::new(),
             failed: None,
             closing: false,
@@ -260,18 +270,18 @@ impl FileStore {
             None => state.start_segment(active, scan.next_seq),
         }
         let delivered = scan.delivered;
-        let mut messages = Vec::with_capacity(scan.messages.len());
-        for (seq, (queues, payload)) in scan.messages {
-            if let Some(id) = state.segment_of(seq)
-                && let Some(meta) = state.segments.get_mut(&id)
-            {
-                meta.live += queues.len() as u64;
+        for refs in scan.refs.values() {
+            for (first, end) in refs.ranges() {
+                for (id, count) in state.segment_spans(first, end) {
+                    if let Some(meta) = state.segments.get_mut(&id) {
+                        meta.live += count;
+                    }
+                }
             }
-            for queue in &queues {
-                state.refs.entry(*queue).or_default().insert(seq);
-            }
-            messages.push(RecoveredMessage { seq, queues, payload });
         }
+        scan.refs.retain(|_, refs| !refs.is_empty());
+        state.refs = scan.refs.clone();
+        let queues = scan.refs;
         state.collect_dead_head();
         // The new active segment is written and synced before anything is deleted, so the
         // next sequence number is on disk even when every older segment goes.
@@ -313,7 +323,7 @@ impl FileStore {
         Ok(FileStore {
             shared,
             thread: Mutex::new(Some(thread)),
-            recovered: Mutex::new(Some(Recovered { definitions, messages, delivered })),
+            recovered: Mutex::new(Some(Recovered { definitions, queues, delivered })),
         })
     }
 }
@@ -404,7 +414,7 @@ impl Store for FileStore {
     ) -> Result<Vec<(Seq, Bytes)>, StoreError> {
         // Decide what to read under the lock, then read without it: publishers must not
         // wait for this disk I/O.
-        let (wanted, start, segments) = {
+        let (wanted, start, segments, damage) = {
             let st = self.shared.lock();
             let Some(refs) = st.refs.get(&queue) else { return Ok(Vec::new()) };
             let wanted: Vec<Seq> = refs.iter_from(from).take(max_messages).collect();
@@ -414,7 +424,7 @@ impl Store for FileStore {
             };
             let segments: Vec<SegmentId> =
                 st.segments.range(start.0..).map(|(id, _)| *id).collect();
-            (wanted, start, segments)
+            (wanted, start, segments, st.damage.clone())
         };
         let mut out = Vec::with_capacity(wanted.len());
         let mut skipped = Vec::new();
@@ -423,7 +433,11 @@ impl Store for FileStore {
         'segments: for (i, segment) in segments.into_iter().enumerate() {
             let offset = if i == 0 { start.1 } else { SEGMENT_MAGIC.len() as u64 };
             let path = segment_path(&self.shared.journal, segment);
-            let Some(mut reader) = SegmentReader::open(&path, offset)? else { break };
+            let skips =
+                damage.iter().filter(|(s, ..)| *s == segment).map(|(_, from, to)| (*from, *to));
+            let Some(mut reader) = SegmentReader::open(&path, offset, skips.collect())? else {
+                break;
+            };
             while let Some(record) = reader.next()? {
                 let (Record::Publish { seq, payload, .. } | Record::Spill { seq, payload, .. }) =
                     record
@@ -539,11 +553,17 @@ struct SegmentReader {
     pos: u64,
     buf: Vec<u8>,
     start: usize,
+    /// Damaged byte ranges to jump over.
+    skips: Vec<(u64, u64)>,
 }
 
 impl SegmentReader {
     /// Opens `path` at `offset`; `None` if the file does not exist (yet, or any more).
-    fn open(path: &Path, offset: u64) -> Result<Option<SegmentReader>, StoreError> {
+    fn open(
+        path: &Path,
+        offset: u64,
+        skips: Vec<(u64, u64)>,
+    ) -> Result<Option<SegmentReader>, StoreError> {
         match File::open(path) {
             Ok(file) => Ok(Some(SegmentReader {
                 file,
@@ -551,6 +571,7 @@ impl SegmentReader {
                 pos: offset,
                 buf: Vec::new(),
                 start: 0,
+                skips,
             })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::Io { op: "opening", path: path.to_path_buf(), source: e }),
@@ -586,6 +607,16 @@ impl SegmentReader {
 
     /// The next whole record, or `None` at the end of what is written so far.
     fn next(&mut self) -> Result<Option<Record>, StoreError> {
+        if let Some(&(_, to)) =
+            self.skips.iter().find(|(from, to)| (*from..*to).contains(&self.pos))
+        {
+            if to == u64::MAX {
+                return Ok(None);
+            }
+            self.pos = to;
+            self.buf.clear();
+            self.start = 0;
+        }
         self.fill(record::HEADER_LEN)?;
         let head = self.buffered();
         if head.len() < record::HEADER_LEN {
@@ -762,7 +793,10 @@ fn commit_loop(shared: &Shared) -> Result<(), String> {
 struct Scan {
     /// Segment ids in order, with the first sequence number each holds (if any).
     segments: Vec<(SegmentId, Option<Seq>)>,
-    messages: BTreeMap<Seq, (Vec<QueueId>, Bytes)>,
+    /// Per queue, the messages it still references.
+    refs: HashMap<QueueId, RangeSet>,
+    /// Damaged byte ranges recovery was told to skip: (segment, from, to).
+    damage: Vec<(SegmentId, u64, u64)>,
     delivered: HashMap<QueueId, Seq>,
     next_seq: Seq,
     /// The highest segment id found, damaged or not.
@@ -831,7 +865,8 @@ fn recover(journal: &Path, skip_corrupt: bool) -> Result<Scan, StoreError> {
     let ids = list_segments(journal)?;
     let mut scan = Scan {
         segments: Vec::new(),
-        messages: BTreeMap::new(),
+        refs: HashMap::new(),
+        damage: Vec::new(),
         delivered: HashMap::new(),
         next_seq: 1,
         highest_id: 0,
@@ -901,10 +936,12 @@ fn recover(journal: &Path, skip_corrupt: bool) -> Result<Scan, StoreError> {
                     match resume {
                         Some(at) => {
                             tracing::error!(%error, resume_at = at, "skipping damaged bytes");
+                            scan.damage.push((id, pos as u64, at as u64));
                             pos = at;
                         }
                         None => {
                             tracing::error!(%error, "skipping the rest of the segment");
+                            scan.damage.push((id, pos as u64, u64::MAX));
                             break;
                         }
                     }
@@ -921,37 +958,27 @@ fn recover(journal: &Path, skip_corrupt: bool) -> Result<Scan, StoreError> {
 
 fn apply(scan: &mut Scan, first_seq: &mut Option<Seq>, record: Record) {
     match record {
-        Record::Publish { seq, queues, payload } => {
+        Record::Publish { seq, queues, .. } => {
             first_seq.get_or_insert(seq);
             scan.next_seq = scan.next_seq.max(seq + 1);
-            if !queues.is_empty() {
-                scan.messages.insert(seq, (queues, payload));
+            for queue in queues {
+                scan.refs.entry(queue).or_default().insert(seq);
             }
         }
         Record::Ack { queue, seqs } => {
-            for seq in seqs {
-                if let Some((queues, _)) = scan.messages.get_mut(&seq) {
-                    if let Some(i) = queues.iter().position(|q| *q == queue) {
-                        queues.remove(i);
-                    }
-                    if queues.is_empty() {
-                        scan.messages.remove(&seq);
-                    }
+            if let Some(refs) = scan.refs.get_mut(&queue) {
+                for seq in seqs {
+                    refs.remove(seq);
                 }
             }
         }
-        Record::Spill { seq, .. } => scan.next_seq = scan.next_seq.max(seq + 1),
+        Record::Spill { seq, .. } => {
+            first_seq.get_or_insert(seq);
+            scan.next_seq = scan.next_seq.max(seq + 1);
+        }
         Record::Release { queue, from, to } => {
-            let released: Vec<Seq> = scan.messages.range(from..=to).map(|(seq, _)| *seq).collect();
-            for seq in released {
-                if let Some((queues, _)) = scan.messages.get_mut(&seq) {
-                    if let Some(i) = queues.iter().position(|q| *q == queue) {
-                        queues.remove(i);
-                    }
-                    if queues.is_empty() {
-                        scan.messages.remove(&seq);
-                    }
-                }
+            if let Some(refs) = scan.refs.get_mut(&queue) {
+                refs.remove_range(from, to);
             }
         }
         Record::Base { next_seq } => scan.next_seq = scan.next_seq.max(next_seq),

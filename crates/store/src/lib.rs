@@ -50,24 +50,25 @@ pub struct Progress {
     pub failed: bool,
 }
 
-/// A message found by recovery, still referenced by `queues`.
+/// A message read back with [`read_all`], with the queues that still reference it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveredMessage {
     /// Its sequence number.
     pub seq: Seq,
-    /// The queues that had not acknowledged it, in the order they were appended.
+    /// The queues that still reference it, in increasing order.
     pub queues: Vec<QueueId>,
     /// The payload, as appended.
     pub payload: Bytes,
 }
 
-/// What a store held when it was opened.
+/// What a store held when it was opened: which messages each queue still references (as
+/// ranges of sequence numbers; the payloads stay on disk, read with [`Store::read`]).
 #[derive(Debug, Clone, Default)]
 pub struct Recovered {
     /// The last definitions saved, if any.
     pub definitions: Option<Bytes>,
-    /// Unacknowledged messages, in sequence order.
-    pub messages: Vec<RecoveredMessage>,
+    /// Per queue, the sequence numbers of the messages it still references.
+    pub queues: std::collections::HashMap<QueueId, ranges::RangeSet>,
     /// Per queue, the highest sequence number it had delivered: its messages up to there
     /// may have reached a consumer and come back flagged redelivered.
     pub delivered: std::collections::HashMap<QueueId, Seq>,
@@ -144,4 +145,33 @@ pub trait Store: Send + Sync {
     /// # Errors
     /// The first write or sync error, if any.
     fn close(&self) -> Result<(), StoreError>;
+}
+
+/// Reads back every message `recovered` lists, in sequence order — all in memory, so for
+/// tools and tests, not for a broker with a backlog.
+///
+/// # Errors
+/// As [`Store::read`].
+pub fn read_all(
+    store: &dyn Store,
+    recovered: &Recovered,
+) -> Result<Vec<RecoveredMessage>, StoreError> {
+    let mut messages: std::collections::BTreeMap<Seq, RecoveredMessage> = Default::default();
+    for &queue in recovered.queues.keys() {
+        for (seq, payload) in store.read(queue, 0, usize::MAX, usize::MAX)? {
+            let entry = messages.entry(seq).or_insert_with(|| RecoveredMessage {
+                seq,
+                queues: Vec::new(),
+                payload,
+            });
+            entry.queues.push(queue);
+        }
+    }
+    Ok(messages
+        .into_values()
+        .map(|mut m| {
+            m.queues.sort_unstable();
+            m
+        })
+        .collect())
 }

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::error::StoreError;
-use crate::{Lsn, Progress, QueueId, Recovered, RecoveredMessage, Seq, Store};
+use crate::ranges::RangeSet;
+use crate::{Lsn, Progress, QueueId, Recovered, Seq, Store};
 
 #[derive(Default)]
 struct State {
@@ -47,20 +48,13 @@ impl MemoryStore {
     /// What a restart of a broker on this store would recover (the store stays usable).
     pub fn snapshot(&self) -> Recovered {
         let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        Recovered {
-            definitions: st.definitions.clone(),
-            messages: st
-                .messages
-                .iter()
-                .filter(|(seq, _)| !st.spilled.contains(seq))
-                .map(|(seq, (queues, payload))| RecoveredMessage {
-                    seq: *seq,
-                    queues: queues.clone(),
-                    payload: payload.clone(),
-                })
-                .collect(),
-            delivered: st.delivered.clone(),
+        let mut queues: std::collections::HashMap<QueueId, RangeSet> = Default::default();
+        for (seq, (refs, _)) in st.messages.iter().filter(|(seq, _)| !st.spilled.contains(seq)) {
+            for queue in refs {
+                queues.entry(*queue).or_default().insert(*seq);
+            }
         }
+        Recovered { definitions: st.definitions.clone(), queues, delivered: st.delivered.clone() }
     }
 
     /// Reopens after a simulated clean restart: appends work again and

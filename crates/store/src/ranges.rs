@@ -89,6 +89,19 @@ impl RangeSet {
         true
     }
 
+    /// Removes every member in `from..=to`, returning how many there were.
+    pub fn remove_range(&mut self, from: Seq, to: Seq) -> u64 {
+        if to < from {
+            return 0;
+        }
+        let mut tail = self.split_off_from(from);
+        let mut after = tail.split_off_from(to.saturating_add(1));
+        let removed = tail.len();
+        self.len += after.len;
+        self.ranges.append(&mut after.ranges);
+        removed
+    }
+
     /// Removes and returns every member from `from` on.
     pub fn split_off_from(&mut self, from: Seq) -> RangeSet {
         let mut tail = RangeSet { ranges: self.ranges.split_off(&from), len: 0 };
@@ -166,6 +179,17 @@ mod tests {
         assert_eq!(tail.iter().collect::<Vec<_>>(), vec![5, 7, 8, 9]);
         assert_eq!(set.iter().collect::<Vec<_>>(), vec![2, 3, 4]);
         assert_eq!((set.len(), tail.len()), (3, 4));
+        let mut whole = RangeSet::new();
+        (1..=20).for_each(|s| {
+            whole.insert(s);
+        });
+        assert_eq!(whole.remove_range(5, 9), 5);
+        assert_eq!(whole.remove_range(5, 9), 0);
+        assert_eq!(
+            whole.iter().collect::<Vec<_>>(),
+            [1, 2, 3, 4].into_iter().chain(10..=20).collect::<Vec<_>>()
+        );
+        assert_eq!(whole.len(), 15);
     }
 
     #[test]

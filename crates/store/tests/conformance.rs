@@ -17,9 +17,10 @@ use bytes::Bytes;
 use std::time::Duration;
 
 use common::{Model, payload, small_segments, wait_durable, with_sorted_queues};
+use postroom_store::read_all;
 use postroom_store::{
-    Durability, FileStore, Lsn, MemoryStore, QueueId, Recovered, RecoveredMessage, Seq, Store,
-    StoreConfig, StoreError,
+    Durability, FileStore, Lsn, MemoryStore, QueueId, RecoveredMessage, Seq, Store, StoreConfig,
+    StoreError,
 };
 use tempfile::TempDir;
 
@@ -29,6 +30,14 @@ enum Backend {
 }
 
 /// A store under test, with the model of what it must recover.
+/// What a reopened store recovered, its messages read back.
+#[derive(Debug)]
+struct Reopened {
+    messages: Vec<RecoveredMessage>,
+    delivered: HashMap<QueueId, Seq>,
+    definitions: Option<Bytes>,
+}
+
 struct Subject {
     backend: Backend,
     model: Model,
@@ -71,20 +80,22 @@ impl Subject {
         self.model.messages()
     }
 
-    /// Closes and reopens the store, returning what the reopened store recovered.
-    fn reopen(&mut self) -> Recovered {
+    /// Closes and reopens the store, returning what the reopened store recovered, with
+    /// every message read back.
+    fn reopen(&mut self) -> Reopened {
         match &mut self.backend {
             Backend::File { dir, config, store } => {
                 store.close().expect("closing the FileStore");
                 *store = FileStore::open(dir.path(), config.clone()).expect("reopening");
-                store.take_recovered()
             }
             Backend::Memory(store) => {
                 store.close().expect("closing the MemoryStore");
                 store.reopen();
-                store.take_recovered()
             }
         }
+        let recovered = self.store().take_recovered();
+        let messages = read_all(self.store(), &recovered).expect("reading recovered messages back");
+        Reopened { messages, delivered: recovered.delivered, definitions: recovered.definitions }
     }
 }
 
@@ -233,7 +244,7 @@ conformance! {
     fn a_message_referenced_by_three_queues_stays_until_all_three_ack_it(s) {
         let (seq, _) = s.append(&[1, 2, 3], b"shared");
         let (other, _) = s.append(&[4], b"unrelated");
-        let queues_of = |recovered: &Recovered| -> Option<Vec<QueueId>> {
+        let queues_of = |recovered: &Reopened| -> Option<Vec<QueueId>> {
             let message = recovered.messages.iter().find(|m| m.seq == seq)?;
             assert_eq!(&message.payload[..], b"shared");
             let mut queues = message.queues.clone();
@@ -317,7 +328,7 @@ conformance! {
     /// A store that never held anything recovers nothing, however often it is reopened.
     fn an_empty_store_recovers_nothing(s) {
         let first = s.store().take_recovered();
-        assert!(first.messages.is_empty() && first.definitions.is_none(), "{first:?}");
+        assert!(first.queues.is_empty() && first.definitions.is_none(), "{first:?}");
         for _ in 0..3 {
             let recovered = s.reopen();
             assert!(recovered.messages.is_empty(), "{recovered:?}");
@@ -332,7 +343,7 @@ conformance! {
         let first = s.reopen();
         assert_eq!(first.messages.len(), 1);
         let second = s.store().take_recovered();
-        assert!(second.messages.is_empty() && second.definitions.is_none(), "{second:?}");
+        assert!(second.queues.is_empty() && second.definitions.is_none(), "{second:?}");
     }
 
     /// Seqs handed out after a reopen are above every seq handed out before it.

@@ -12,7 +12,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Model, durabilities, small_segments, wait_durable, wait_failed};
+use common::{Model, durabilities, recovered_messages, small_segments, wait_durable, wait_failed};
 use postroom_store::{Durability, Faults, FileStore, Lsn, Seq, Store, StoreConfig, StoreError};
 
 fn faulty(durability: Durability, faults: Faults) -> StoreConfig {
@@ -21,7 +21,7 @@ fn faulty(durability: Durability, faults: Faults) -> StoreConfig {
 
 fn recover(dir: &Path) -> Vec<Seq> {
     let store = FileStore::open(dir, small_segments(Durability::Fsync)).expect("reopen");
-    let seqs = store.take_recovered().messages.iter().map(|m| m.seq).collect();
+    let seqs = recovered_messages(&store).iter().map(|m| m.seq).collect();
     store.close().expect("close");
     seqs
 }

@@ -13,7 +13,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::{
-    Model, Rng, Span, payload, published_seqs, read_records, segment_files, wait_durable,
+    Model, Rng, Span, payload, published_seqs, read_records, recovered_messages, segment_files,
+    wait_durable,
 };
 use postroom_store::record::SEGMENT_MAGIC;
 use postroom_store::{
@@ -32,7 +33,7 @@ fn config(skip_corrupt: bool) -> StoreConfig {
 /// Opens the store in `dir`, returning what it recovered, and closes it again.
 fn recover(dir: &Path, skip_corrupt: bool) -> Result<Vec<RecoveredMessage>, StoreError> {
     let store = FileStore::open(dir, config(skip_corrupt))?;
-    let messages = store.take_recovered().messages;
+    let messages = recovered_messages(&store);
     store.close().expect("close");
     Ok(messages)
 }
@@ -177,7 +178,7 @@ fn a_torn_tail_is_absorbed_and_appends_after_it_survive_the_next_reopen() {
     j.write(&j.pristine[..(last.start + last.end) / 2]);
     let store = FileStore::open(j.dir(), config(false)).expect("open");
     let mut want = expected(&j.spans[..j.spans.len() - 1]);
-    assert_eq!(store.take_recovered().messages, want);
+    assert_eq!(recovered_messages(&store), want);
     let mut lsn = 0;
     for n in 0..3u64 {
         let data = payload(100 + n, 50);
@@ -328,7 +329,7 @@ fn appends_after_skipping_a_segment_with_a_bad_magic_survive_the_next_reopen() {
     let bad = j.dir().join("journal").join(format!("{:020}.seg", 2));
     fs::write(&bad, b"NOTASEG! and some bytes").expect("writing a bad segment");
     let store = FileStore::open(j.dir(), config(true)).expect("open skipping damage");
-    let mut want = store.take_recovered().messages;
+    let mut want = recovered_messages(&store);
     assert_eq!(want, expected(&j.spans));
     let (seq, lsn) = store.append(&[5], b"confirmed").expect("append");
     want.push(RecoveredMessage { seq, queues: vec![5], payload: b"confirmed"[..].into() });

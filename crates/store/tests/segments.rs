@@ -11,8 +11,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{
-    Model, payload, poll_until, published_seqs, segment_files, segment_id, small_segments,
-    wait_durable,
+    Model, payload, poll_until, published_seqs, recovered_messages, segment_files, segment_id,
+    small_segments, wait_durable,
 };
 use postroom_store::record::SEGMENT_MAGIC;
 use postroom_store::{Durability, FileStore, QueueId, Seq, Store, StoreConfig};
@@ -85,7 +85,7 @@ impl Fixture {
     fn reopen(&mut self) {
         self.store.close().expect("close");
         self.store = FileStore::open(self.dir.path(), self.config.clone()).expect("reopen");
-        assert_eq!(self.store.take_recovered().messages, self.model.messages());
+        assert_eq!(recovered_messages(&self.store), self.model.messages());
     }
 }
 

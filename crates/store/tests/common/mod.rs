@@ -118,10 +118,11 @@ impl Model {
     pub fn messages(&self) -> Vec<RecoveredMessage> {
         self.messages
             .iter()
-            .map(|(seq, (queues, payload))| RecoveredMessage {
-                seq: *seq,
-                queues: queues.clone(),
-                payload: payload.clone(),
+            .map(|(seq, (queues, payload))| {
+                // Read back per queue, a message lists its queues in increasing order.
+                let mut queues = queues.clone();
+                queues.sort_unstable();
+                RecoveredMessage { seq: *seq, queues, payload: payload.clone() }
             })
             .collect()
     }
@@ -247,4 +248,10 @@ pub fn published_seqs(path: &Path) -> Vec<Seq> {
             _ => None,
         })
         .collect()
+}
+
+/// Takes what `store` recovered and reads every message back (see `postroom_store::read_all`).
+pub fn recovered_messages(store: &dyn Store) -> Vec<RecoveredMessage> {
+    let recovered = store.take_recovered();
+    postroom_store::read_all(store, &recovered).expect("reading recovered messages back")
 }
