@@ -9,7 +9,8 @@
 //! starts after the newest message in memory, and the head is refilled from the run's
 //! start).
 //!
-//! Non-durable queues have no store identity and keep everything in memory.
+//! Every queue spills this way: a non-durable queue's messages are all transient for the
+//! store (spilled, and dropped by recovery).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -71,9 +72,10 @@ impl Backlog {
         self.waiting_for_store
     }
 
-    /// Adds a newly routed message at the tail. A message of a durable queue (`store_id`)
-    /// stays in the store only if the queue is over `limit` bytes in memory or already has
-    /// messages there; a transient one is spilled for that. If a spill fails (a failed
+    /// Adds a newly routed message at the tail. A message stays in the store only (under
+    /// `store_id`) if the queue is over `limit` bytes in memory or already has messages
+    /// there; one that is not persisted there yet is spilled for that. Without a store id
+    /// everything stays in memory. If a spill fails (a failed
     /// store) the message stays in memory: kept, even if then out of order.
     pub fn push(
         &mut self,
@@ -223,7 +225,7 @@ mod tests {
     }
 
     #[test]
-    fn a_non_durable_queue_keeps_everything_in_memory() {
+    fn without_a_store_id_everything_stays_in_memory() {
         let store = MemoryStore::new();
         let mut backlog = Backlog::default();
         for n in 0..100 {

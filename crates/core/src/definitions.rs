@@ -331,11 +331,11 @@ impl Broker {
         let mut queue =
             Queue::new(name.clone(), spec.durable, owner, spec.auto_delete, spec.arguments);
         queue.incarnation = self.unique_id();
-        let persisted = spec.durable && !spec.exclusive;
-        if persisted {
-            queue.store_id = Some(self.next_queue_id);
-            self.next_queue_id += 1;
-        }
+        // Every queue gets a store identity (to spill past its memory limit); only durable,
+        // non-exclusive ones persist messages and are saved with the definitions.
+        queue.store_id = Some(self.next_queue_id);
+        self.next_queue_id += 1;
+        let persisted = queue.persists_messages();
         self.vhost_mut(&vhost_name)?.queues.insert(name.clone(), queue);
         if persisted && let Err(e) = self.save_definitions() {
             self.vhost_mut(&vhost_name)?.queues.remove(&name);

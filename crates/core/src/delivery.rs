@@ -217,9 +217,9 @@ impl Broker {
         // A persistent message is written once, referenced by every durable queue it reached.
         let mut stored_in: Vec<QueueId> = Vec::new();
         if message.is_persistent() {
-            stored_in.extend(
-                targets.iter().filter_map(|name| vhost.queues.get(name).and_then(|q| q.store_id)),
-            );
+            stored_in.extend(targets.iter().filter_map(|name| {
+                vhost.queues.get(name).filter(|q| q.persists_messages()).and_then(|q| q.store_id)
+            }));
         }
         let stored = if stored_in.is_empty() {
             None
@@ -231,7 +231,7 @@ impl Broker {
         for name in &targets {
             if let Some(queue) = vhost.queues.get_mut(name) {
                 let mut entry = QueuedMessage::new(message.clone());
-                if queue.store_id.is_some() {
+                if queue.persists_messages() {
                     entry.stored = stored.map(|(seq, _)| seq);
                 }
                 queue.ready.push(entry, queue.store_id, &*self.store, self.queue_memory_limit);

@@ -67,7 +67,8 @@ pub struct Queue {
     pub next_consumer: usize,
     /// Whether it has ever had a consumer (auto-delete only applies after the first).
     pub had_consumers: bool,
-    /// Its id in the store, for durable queues (which persist persistent messages).
+    /// Its id in the store: every queue has one (messages past its memory limit are
+    /// spilled under it); durable ones also persist persistent messages under it.
     pub store_id: Option<QueueId>,
     /// Unique for the life of the broker (see [`crate::session::Unacked::incarnation`]).
     pub incarnation: u64,
@@ -105,6 +106,12 @@ impl Queue {
     /// Takes the head ready message (reading it from the store if need be).
     pub fn pop(&mut self, store: &dyn Store) -> Option<QueuedMessage> {
         self.ready.pop(self.store_id, store)
+    }
+
+    /// Whether persistent messages on this queue are written to the store and survive a
+    /// restart (durable queues; exclusive ones die with their connection anyway).
+    pub fn persists_messages(&self) -> bool {
+        self.durable && self.exclusive_owner.is_none()
     }
 
     /// Number of consumers.

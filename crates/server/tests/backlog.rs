@@ -16,10 +16,15 @@ async fn broker_with_small_queue_memory() -> (TestBroker, Connection, Channel) {
     (broker, conn, channel)
 }
 
-/// Publishes `count` numbered messages, every third one transient, with confirms.
+/// Publishes `count` numbered messages, every third one transient, with confirms, to a
+/// durable queue.
 async fn publish_numbered(channel: &Channel, queue: &str, count: u32) {
+    publish_numbered_to(channel, queue, count, true).await
+}
+
+async fn publish_numbered_to(channel: &Channel, queue: &str, count: u32, durable: bool) {
     channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    let options = QueueDeclareOptions { durable: true, ..Default::default() };
+    let options = QueueDeclareOptions { durable, ..Default::default() };
     channel.queue_declare(queue.into(), options, FieldTable::default()).await.unwrap();
     let mut confirms = Vec::new();
     for n in 0..count {
@@ -114,6 +119,29 @@ async fn purging_a_backlog_past_the_memory_limit_empties_it() {
             .unwrap()
             .expect("a message published after the purge");
         assert_eq!(number(&message.delivery.data), expected);
+    }
+    conn.close(200, "bye".into()).await.unwrap();
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_non_durable_queue_spills_past_the_memory_limit_and_keeps_order() {
+    let (broker, conn, channel) = broker_with_small_queue_memory().await;
+    publish_numbered_to(&channel, "fleeting", 2000, false).await;
+    channel.basic_qos(50, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            "fleeting".into(),
+            "c".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for expected in 0..2000 {
+        let delivery = common::within("a delivery", consumer.next()).await.unwrap().unwrap();
+        assert_eq!(number(&delivery.data), expected);
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
     }
     conn.close(200, "bye".into()).await.unwrap();
     broker.stop().await;
