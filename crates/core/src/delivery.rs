@@ -52,6 +52,23 @@ pub enum Settlement {
     Discard,
 }
 
+/// One step of a transaction, as [`Broker::check_transaction`] checks it.
+#[derive(Debug, Clone, Copy)]
+pub enum TxStep<'a> {
+    /// A publish to this exchange.
+    Publish {
+        /// The exchange.
+        exchange: &'a str,
+    },
+    /// An ack, nack or reject.
+    Settle {
+        /// The delivery tag.
+        tag: u64,
+        /// Whether earlier tags are settled too.
+        multiple: bool,
+    },
+}
+
 /// A message taken by `basic.get`.
 #[derive(Debug, Clone)]
 pub struct Got {
@@ -516,6 +533,57 @@ impl Broker {
             // (at-least-once), which is the safe side.
             let _ = self.store.ack(id, &seqs);
         }
+    }
+
+    /// Checks a whole transaction before any of it is applied, so that a commit either
+    /// applies everything or nothing: every exchange published to exists and is not
+    /// internal, and every delivery tag settled is outstanding when its turn comes.
+    ///
+    /// # Errors
+    /// The error the first failing step would raise.
+    pub fn check_transaction<'a>(
+        &self,
+        key: ChannelKey,
+        steps: impl IntoIterator<Item = TxStep<'a>>,
+    ) -> Result<()> {
+        let vhost_name = self.vhost_of(key.connection)?;
+        let Some(vhost) = self.vhosts.get(&vhost_name) else {
+            return Err(BrokerError::NotAllowed(format!("vhost {vhost_name} not found")));
+        };
+        let channel = self
+            .connections
+            .get(&key.connection)
+            .and_then(|c| c.channels.get(&key.channel))
+            .ok_or_else(|| {
+                BrokerError::CommandInvalid(format!("channel {} is not open", key.channel))
+            })?;
+        let mut outstanding: std::collections::BTreeSet<u64> =
+            channel.unacked.keys().copied().collect();
+        for step in steps {
+            match step {
+                TxStep::Publish { exchange } => {
+                    if vhost.exchange(exchange)?.internal {
+                        return Err(BrokerError::AccessRefused(format!(
+                            "cannot publish to internal exchange '{exchange}' in vhost '{vhost_name}'"
+                        )));
+                    }
+                }
+                TxStep::Settle { tag: 0, multiple: true } => outstanding.clear(),
+                TxStep::Settle { tag, multiple } => {
+                    if !outstanding.contains(&tag) {
+                        return Err(BrokerError::PreconditionFailed(format!(
+                            "unknown delivery tag {tag}"
+                        )));
+                    }
+                    if multiple {
+                        outstanding = outstanding.split_off(&(tag + 1));
+                    } else {
+                        outstanding.remove(&tag);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `basic.recover`: every unacked delivery of the channel goes back to its queue.

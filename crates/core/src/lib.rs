@@ -36,7 +36,7 @@ pub type ConnectionId = u64;
 
 pub use broker::Broker;
 pub use definitions::{ExchangeSpec, QueueDeclared, QueueSpec};
-pub use delivery::{DIRECT_REPLY_TO, Got, Published, RouteResult, Settlement};
+pub use delivery::{DIRECT_REPLY_TO, Got, Published, RouteResult, Settlement, TxStep};
 pub use error::BrokerError;
 pub use exchange::{Destination, ExchangeKind};
 pub use message::{Message, QueuedMessage};

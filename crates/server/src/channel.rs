@@ -10,7 +10,7 @@ use postroom_amqp::constants::{CLASS_BASIC, reply};
 use postroom_amqp::method::*;
 use postroom_amqp::{BasicProperties, ContentHeader, Frame, Method, ShortStr};
 use postroom_core::{
-    BrokerError, Destination, ExchangeSpec, Message, QueueSpec, RouteResult, Settlement,
+    BrokerError, Destination, ExchangeSpec, Message, QueueSpec, RouteResult, Settlement, TxStep,
 };
 use postroom_store::{Lsn, Progress};
 
@@ -559,6 +559,15 @@ impl Channel {
                     ));
                 };
                 self.tx = None;
+                // All or nothing: a step that would fail closes the channel before any
+                // step is applied (RabbitMQ refuses such steps as they arrive).
+                let steps = ops.iter().map(|op| match op {
+                    TxOp::Publish(publish, _) => TxStep::Publish { exchange: &publish.0.exchange },
+                    TxOp::Settle(tag, multiple, _) => {
+                        TxStep::Settle { tag: *tag, multiple: *multiple }
+                    }
+                });
+                shared.lock().check_transaction(key, steps)?;
                 let mut durable_at = 0;
                 let result = ops.into_iter().try_for_each(|op| match op {
                     TxOp::Publish(publish, mandatory) => {

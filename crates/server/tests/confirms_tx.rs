@@ -208,3 +208,34 @@ async fn tx_commit_without_tx_select_fails_with_406() {
     assert_code(within("tx.commit", ch.tx_commit()).await, reply::PRECONDITION_FAILED);
     broker.stop().await;
 }
+
+/// Regression (review): a commit with a failing step used to apply the steps before it.
+#[tokio::test]
+async fn a_transaction_with_an_unknown_delivery_tag_commits_nothing() {
+    let broker = TestBroker::start().await;
+    let conn = connect(&broker).await;
+    let ch = channel(&conn).await;
+    let observer = channel(&conn).await;
+    declare_queue(&ch, "all-or-nothing").await;
+    tx_select(&ch).await.unwrap();
+    publish(&ch, "", "all-or-nothing", b"must not appear").await;
+    within("basic.ack", ch.basic_ack(999, BasicAckOptions::default())).await.unwrap();
+    assert_code(within("tx.commit", ch.tx_commit()).await, reply::PRECONDITION_FAILED);
+    assert_eq!(message_count(&observer, "all-or-nothing").await, 0);
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_transaction_publishing_to_a_missing_exchange_commits_nothing() {
+    let broker = TestBroker::start().await;
+    let conn = connect(&broker).await;
+    let ch = channel(&conn).await;
+    let observer = channel(&conn).await;
+    declare_queue(&ch, "all-or-nothing-2").await;
+    tx_select(&ch).await.unwrap();
+    publish(&ch, "", "all-or-nothing-2", b"must not appear").await;
+    publish(&ch, "no-such-exchange", "x", b"fails").await;
+    assert_code(within("tx.commit", ch.tx_commit()).await, reply::NOT_FOUND);
+    assert_eq!(message_count(&observer, "all-or-nothing-2").await, 0);
+    broker.stop().await;
+}
