@@ -184,9 +184,8 @@ impl Broker {
         );
         let (name, durable) = (exchange.name.clone(), exchange.durable);
         vhost.exchanges.insert(name.clone(), exchange);
-        if durable && let Err(e) = self.save_definitions() {
-            self.vhost_mut(&vhost_name)?.exchanges.remove(&name);
-            return Err(e);
+        if durable {
+            self.definitions_changed();
         }
         Ok(())
     }
@@ -220,7 +219,7 @@ impl Broker {
         let durable = exchange.durable;
         vhost.delete_exchange(name);
         if durable {
-            self.save_definitions()?;
+            self.definitions_changed();
         }
         Ok(())
     }
@@ -253,7 +252,7 @@ impl Broker {
         let binding = Binding::new(exchange.kind, destination, routing_key, arguments)?;
         exchange.bindings.push(binding);
         if persisted {
-            self.save_definitions()?;
+            self.definitions_changed();
         }
         Ok(())
     }
@@ -280,11 +279,13 @@ impl Broker {
         let before = exchange.bindings.len();
         exchange.bindings.retain(|b| !b.is(&destination, routing_key, arguments));
         let removed = before != exchange.bindings.len();
+        let mut changed = removed && persisted;
         if removed && exchange.bindings.is_empty() && exchange.auto_delete {
+            changed |= exchange.durable;
             vhost.delete_exchange(source);
         }
-        if removed && persisted {
-            self.save_definitions()?;
+        if changed {
+            self.definitions_changed();
         }
         Ok(())
     }
@@ -337,9 +338,8 @@ impl Broker {
         self.next_queue_id += 1;
         let persisted = queue.persists_messages();
         self.vhost_mut(&vhost_name)?.queues.insert(name.clone(), queue);
-        if persisted && let Err(e) = self.save_definitions() {
-            self.vhost_mut(&vhost_name)?.queues.remove(&name);
-            return Err(e);
+        if persisted {
+            self.definitions_changed();
         }
         Ok(QueueDeclared { name, message_count: 0, consumer_count: 0 })
     }
@@ -403,7 +403,10 @@ impl Broker {
         let Some(mut queue) = vhost.queues.remove(name) else {
             return 0;
         };
+        let exchanges = vhost.exchanges.len();
         vhost.remove_bindings_to(&Destination::Queue(queue.name.clone()));
+        // Auto-delete exchanges may have gone with the bindings.
+        let cascaded = vhost.exchanges.len() != exchanges;
         // Release its messages, ready and unacked alike; an ack arriving later for an
         // unacked one then has nothing left to release. On failure the references stay;
         // recovery releases them (their queue is gone).
@@ -423,7 +426,9 @@ impl Broker {
             }
             // On failure the references stay; recovery releases them (their queue is gone).
             let _ = self.store.ack(id, &stored);
-            let _ = self.save_definitions();
+        }
+        if queue.persists_messages() || cascaded {
+            self.definitions_changed();
         }
         for consumer in &queue.consumers {
             let Some(connection) = self.connections.get_mut(&consumer.channel.connection) else {

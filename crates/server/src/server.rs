@@ -85,7 +85,13 @@ impl Server {
             messages = summary.messages,
             "recovered"
         );
-        let shared = Arc::new(Shared { broker: Mutex::new(broker), config, store });
+        let saved = broker.definitions_version();
+        let shared = Arc::new(Shared {
+            broker: Mutex::new(broker),
+            config,
+            store,
+            definitions_saved: Mutex::new(saved),
+        });
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(http::serve(http, stopped.clone()));
         tokio::spawn(resume_waiting_queues(shared.clone()));
