@@ -33,8 +33,6 @@ pub struct Broker {
     pub(crate) queue_memory_limit: usize,
     /// Queues whose next messages were not yet written when wanted (vhost, queue).
     pub(crate) waiting: HashSet<(ShortStr, ShortStr)>,
-    /// See [`Broker::definitions_version`].
-    pub(crate) definitions_version: u64,
 }
 
 impl Broker {
@@ -55,7 +53,6 @@ impl Broker {
             next_id: 1,
             queue_memory_limit: DEFAULT_QUEUE_MEMORY_LIMIT,
             waiting: HashSet::new(),
-            definitions_version: 0,
         }
     }
 

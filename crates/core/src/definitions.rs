@@ -184,8 +184,9 @@ impl Broker {
         );
         let (name, durable) = (exchange.name.clone(), exchange.durable);
         vhost.exchanges.insert(name.clone(), exchange);
-        if durable {
-            self.definitions_changed();
+        if durable && let Err(e) = self.save_definitions() {
+            self.vhost_mut(&vhost_name)?.exchanges.remove(&name);
+            return Err(e);
         }
         Ok(())
     }
@@ -219,7 +220,7 @@ impl Broker {
         let durable = exchange.durable;
         vhost.delete_exchange(name);
         if durable {
-            self.definitions_changed();
+            self.save_definitions()?;
         }
         Ok(())
     }
@@ -252,7 +253,7 @@ impl Broker {
         let binding = Binding::new(exchange.kind, destination, routing_key, arguments)?;
         exchange.bindings.push(binding);
         if persisted {
-            self.definitions_changed();
+            self.save_definitions()?;
         }
         Ok(())
     }
@@ -279,13 +280,11 @@ impl Broker {
         let before = exchange.bindings.len();
         exchange.bindings.retain(|b| !b.is(&destination, routing_key, arguments));
         let removed = before != exchange.bindings.len();
-        let mut changed = removed && persisted;
         if removed && exchange.bindings.is_empty() && exchange.auto_delete {
-            changed |= exchange.durable;
             vhost.delete_exchange(source);
         }
-        if changed {
-            self.definitions_changed();
+        if removed && persisted {
+            self.save_definitions()?;
         }
         Ok(())
     }
@@ -338,8 +337,9 @@ impl Broker {
         self.next_queue_id += 1;
         let persisted = queue.persists_messages();
         self.vhost_mut(&vhost_name)?.queues.insert(name.clone(), queue);
-        if persisted {
-            self.definitions_changed();
+        if persisted && let Err(e) = self.save_definitions() {
+            self.vhost_mut(&vhost_name)?.queues.remove(&name);
+            return Err(e);
         }
         Ok(QueueDeclared { name, message_count: 0, consumer_count: 0 })
     }
@@ -403,10 +403,7 @@ impl Broker {
         let Some(mut queue) = vhost.queues.remove(name) else {
             return 0;
         };
-        let exchanges = vhost.exchanges.len();
         vhost.remove_bindings_to(&Destination::Queue(queue.name.clone()));
-        // Auto-delete exchanges may have gone with the bindings.
-        let cascaded = vhost.exchanges.len() != exchanges;
         // Release its messages, ready and unacked alike; an ack arriving later for an
         // unacked one then has nothing left to release. On failure the references stay;
         // recovery releases them (their queue is gone).
@@ -426,9 +423,7 @@ impl Broker {
             }
             // On failure the references stay; recovery releases them (their queue is gone).
             let _ = self.store.ack(id, &stored);
-        }
-        if queue.persists_messages() || cascaded {
-            self.definitions_changed();
+            let _ = self.save_definitions();
         }
         for consumer in &queue.consumers {
             let Some(connection) = self.connections.get_mut(&consumer.channel.connection) else {

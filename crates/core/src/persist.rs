@@ -126,18 +126,14 @@ impl Broker {
         buf.freeze()
     }
 
-    /// Notes that a persisted definition changed.
-    pub(crate) fn definitions_changed(&mut self) {
-        self.definitions_version += 1;
-    }
-
-    /// A number that grows with every change to persisted definitions. The broker does
-    /// not write them itself: whoever changed them saves [`Broker::encode_definitions`]
-    /// (outside the broker lock, so other connections do not wait for the fsync) before
-    /// confirming the change to its client, unless a save of this version or a later one
-    /// is already done.
-    pub fn definitions_version(&self) -> u64 {
-        self.definitions_version
+    /// Saves the definitions through the store (durable when it returns).
+    ///
+    /// # Errors
+    /// `StoreFailed` if the store cannot write them.
+    pub(crate) fn save_definitions(&self) -> Result<()> {
+        self.store
+            .save_definitions(&self.encode_definitions())
+            .map_err(|e| BrokerError::StoreFailed(e.to_string()))
     }
 
     /// Rebuilds durable definitions and messages from what the store recovered. Call once,

@@ -88,7 +88,7 @@ impl Channel {
     /// once (its unacked messages requeue now, not when the client answers).
     pub fn close_with(&mut self, ctx: &Context, close: Close, class_id: u16, method_id: u16) {
         tracing::debug!(channel = self.number, code = close.code, text = %close.text, "closing channel");
-        ctx.shared.define_quietly(|b| b.close_channel(ctx.key(self.number)));
+        ctx.shared.lock().close_channel(ctx.key(self.number));
         self.state = State::Closing;
         self.pending = None;
         ctx.out.method(
@@ -343,7 +343,7 @@ impl Channel {
         let shared = &ctx.shared;
         match method {
             Method::ChannelClose(_) => {
-                shared.define_quietly(|b| b.close_channel(key));
+                shared.lock().close_channel(key);
                 out.method(n, ChannelCloseOk {});
                 return Ok(After::Remove);
             }
@@ -374,31 +374,33 @@ impl Channel {
                     internal: m.internal,
                     arguments: m.arguments,
                 };
-                shared.define(|b| b.exchange_declare(ctx.id, spec))?;
+                shared.lock().exchange_declare(ctx.id, spec)?;
                 if !m.nowait {
                     out.method(n, ExchangeDeclareOk {});
                 }
             }
             Method::ExchangeDelete(m) => {
-                shared.define(|b| b.exchange_delete(ctx.id, &m.exchange, m.if_unused))?;
+                shared.lock().exchange_delete(ctx.id, &m.exchange, m.if_unused)?;
                 if !m.nowait {
                     out.method(n, ExchangeDeleteOk {});
                 }
             }
             Method::ExchangeBind(m) => {
                 let destination = Destination::Exchange(m.destination);
-                shared.define(|b| {
-                    b.bind(ctx.id, &m.source, destination, m.routing_key, m.arguments)
-                })?;
+                shared.lock().bind(ctx.id, &m.source, destination, m.routing_key, m.arguments)?;
                 if !m.nowait {
                     out.method(n, ExchangeBindOk {});
                 }
             }
             Method::ExchangeUnbind(m) => {
                 let destination = Destination::Exchange(m.destination);
-                shared.define(|b| {
-                    b.unbind(ctx.id, &m.source, destination, &m.routing_key, &m.arguments)
-                })?;
+                shared.lock().unbind(
+                    ctx.id,
+                    &m.source,
+                    destination,
+                    &m.routing_key,
+                    &m.arguments,
+                )?;
                 if !m.nowait {
                     out.method(n, ExchangeUnbindOk {});
                 }
@@ -412,7 +414,7 @@ impl Channel {
                     auto_delete: m.auto_delete,
                     arguments: m.arguments,
                 };
-                let declared = shared.define(|b| b.queue_declare(ctx.id, spec))?;
+                let declared = shared.lock().queue_declare(ctx.id, spec)?;
                 if !m.nowait {
                     out.method(
                         n,
@@ -426,18 +428,20 @@ impl Channel {
             }
             Method::QueueBind(m) => {
                 let destination = Destination::Queue(m.queue);
-                shared.define(|b| {
-                    b.bind(ctx.id, &m.exchange, destination, m.routing_key, m.arguments)
-                })?;
+                shared.lock().bind(ctx.id, &m.exchange, destination, m.routing_key, m.arguments)?;
                 if !m.nowait {
                     out.method(n, QueueBindOk {});
                 }
             }
             Method::QueueUnbind(m) => {
                 let destination = Destination::Queue(m.queue);
-                shared.define(|b| {
-                    b.unbind(ctx.id, &m.exchange, destination, &m.routing_key, &m.arguments)
-                })?;
+                shared.lock().unbind(
+                    ctx.id,
+                    &m.exchange,
+                    destination,
+                    &m.routing_key,
+                    &m.arguments,
+                )?;
                 out.method(n, QueueUnbindOk {});
             }
             Method::QueuePurge(m) => {
@@ -448,7 +452,7 @@ impl Channel {
             }
             Method::QueueDelete(m) => {
                 let message_count =
-                    shared.define(|b| b.queue_delete(ctx.id, &m.queue, m.if_unused, m.if_empty))?;
+                    shared.lock().queue_delete(ctx.id, &m.queue, m.if_unused, m.if_empty)?;
                 if !m.nowait {
                     out.method(n, QueueDeleteOk { message_count });
                 }
@@ -479,7 +483,7 @@ impl Channel {
                 )?;
             }
             Method::BasicCancel(m) => {
-                shared.define(|b| b.basic_cancel(key, &m.consumer_tag))?;
+                shared.lock().basic_cancel(key, &m.consumer_tag)?;
                 if !m.nowait {
                     out.method(n, BasicCancelOk { consumer_tag: m.consumer_tag });
                 }

@@ -205,7 +205,7 @@ pub(crate) async fn serve(
         .await;
     }
     if let Some(id) = id {
-        shared.define_quietly(|b| b.close_connection(id));
+        shared.lock().close_connection(id);
     }
     drop(out);
     let _ = tokio::time::timeout(CLOSE_OK_TIMEOUT, writer).await;

@@ -4,10 +4,8 @@
 //! Ownership: each connection has a reader task (owns its channels, decodes frames, calls
 //! the broker) and a writer task (owns the socket's write half). The broker state is one
 //! [`postroom_core::Broker`] behind a `std::sync::Mutex`: every call into it is short and
-//! has no `.await` inside, and emitting deliveries under the lock keeps them ordered. The
-//! one other lock, `definitions_saved`, serialises saves of the definitions; lock order:
-//! `definitions_saved` before `broker`, never the reverse (saves run after the broker lock
-//! is released, and take it again only to encode).
+//! has no `.await` inside, and emitting deliveries under the lock keeps them ordered. There
+//! is no other lock, so there is no lock order to get wrong.
 //!
 //! Layout:
 //! - [`server`]: [`Server`], which binds the listeners and runs until shut down.
@@ -30,7 +28,7 @@ pub mod writer;
 
 use std::sync::{Mutex, MutexGuard};
 
-use postroom_core::{Broker, BrokerError};
+use postroom_core::Broker;
 
 pub use config::ServerConfig;
 pub use server::{Server, ServerError};
@@ -40,9 +38,6 @@ pub(crate) struct Shared {
     broker: Mutex<Broker>,
     config: ServerConfig,
     store: std::sync::Arc<dyn postroom_store::Store>,
-    /// The definitions version last saved. Held while saving, so saves never overtake one
-    /// another; taken before the broker lock, never after it.
-    definitions_saved: Mutex<u64>,
 }
 
 impl Shared {
@@ -50,54 +45,5 @@ impl Shared {
     /// connection down with it, so a poisoned lock is used as it is.
     fn lock(&self) -> MutexGuard<'_, Broker> {
         self.broker.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Runs a broker operation that may change persisted definitions and, if it did,
-    /// saves them before returning — after releasing the broker lock, so that other
-    /// connections do not wait for the fsync.
-    ///
-    /// # Errors
-    /// The operation's error, or `StoreFailed` if the definitions cannot be saved.
-    fn define<T>(
-        &self,
-        op: impl FnOnce(&mut Broker) -> Result<T, BrokerError>,
-    ) -> Result<T, BrokerError> {
-        let (result, changed) = {
-            let mut broker = self.lock();
-            let before = broker.definitions_version();
-            let result = op(&mut broker);
-            let after = broker.definitions_version();
-            (result, (after > before).then_some(after))
-        };
-        if let Some(version) = changed {
-            self.save_definitions(version).map_err(|e| BrokerError::StoreFailed(e.to_string()))?;
-        }
-        result
-    }
-
-    /// As [`Shared::define`] for clean-up paths with nobody to answer: a failed save is
-    /// logged (the next successful save includes the change).
-    fn define_quietly(&self, op: impl FnOnce(&mut Broker)) {
-        if let Err(error) = self.define(|broker| {
-            op(broker);
-            Ok(())
-        }) {
-            tracing::error!(%error, "saving definitions");
-        }
-    }
-
-    /// Saves the definitions unless `version` or a later one is saved already.
-    fn save_definitions(&self, version: u64) -> Result<(), postroom_store::StoreError> {
-        let mut saved = self.definitions_saved.lock().unwrap_or_else(|p| p.into_inner());
-        if *saved >= version {
-            return Ok(());
-        }
-        let (current, encoded) = {
-            let broker = self.lock();
-            (broker.definitions_version(), broker.encode_definitions())
-        };
-        self.store.save_definitions(&encoded)?;
-        *saved = current;
-        Ok(())
     }
 }

@@ -85,13 +85,7 @@ impl Server {
             messages = summary.messages,
             "recovered"
         );
-        let saved = broker.definitions_version();
-        let shared = Arc::new(Shared {
-            broker: Mutex::new(broker),
-            config,
-            store,
-            definitions_saved: Mutex::new(saved),
-        });
+        let shared = Arc::new(Shared { broker: Mutex::new(broker), config, store });
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(http::serve(http, stopped.clone()));
         tokio::spawn(resume_waiting_queues(shared.clone()));
