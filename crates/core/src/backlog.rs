@@ -140,22 +140,37 @@ impl Backlog {
     }
 
     fn refill(&mut self, store_id: Option<QueueId>, store: &dyn Store) {
-        let (Some(queue_id), Some(mut cold)) = (store_id, self.cold) else { return };
-        let batch =
-            store.read(queue_id, cold.from, REFILL_MESSAGES, REFILL_BYTES).unwrap_or_default();
-        self.waiting_for_store = batch.is_empty();
-        for (seq, payload) in batch {
-            cold.from = seq + 1;
-            cold.count = cold.count.saturating_sub(1);
-            // A payload that does not decode cannot be delivered; it stays referenced in
-            // the store (found again after a restart) rather than being dropped silently.
-            let Ok(message) = Message::decode(&payload) else { continue };
-            let mut entry = QueuedMessage::new(Arc::new(message));
-            entry.stored = Some(seq);
-            entry.redelivered = self.delivered_before.is_some_and(|d| seq <= d);
-            self.push_hot(entry);
+        let Some(queue_id) = store_id else { return };
+        // Until something decodable is in memory: a batch of undecodable payloads must not
+        // leave the queue idle with messages still in the store.
+        while self.hot.is_empty() {
+            let Some(mut cold) = self.cold else { return };
+            // A read error (file descriptors, I/O) is retried when the store progresses,
+            // like a message not yet written.
+            let batch =
+                store.read(queue_id, cold.from, REFILL_MESSAGES, REFILL_BYTES).unwrap_or_default();
+            self.waiting_for_store = batch.is_empty();
+            if batch.is_empty() {
+                return;
+            }
+            let mut undecodable = Vec::new();
+            for (seq, payload) in batch {
+                cold.from = seq + 1;
+                cold.count = cold.count.saturating_sub(1);
+                let Ok(message) = Message::decode(&payload) else {
+                    undecodable.push(seq);
+                    continue;
+                };
+                let mut entry = QueuedMessage::new(Arc::new(message));
+                entry.stored = Some(seq);
+                entry.redelivered = self.delivered_before.is_some_and(|d| seq <= d);
+                self.push_hot(entry);
+            }
+            // A payload that does not decode can never be delivered: release it rather
+            // than keep it referenced (and its segment alive) for ever.
+            let _ = store.ack(queue_id, &undecodable);
+            self.cold = (cold.count > 0).then_some(cold);
         }
-        self.cold = (cold.count > 0).then_some(cold);
     }
 
     /// Puts messages back at the head, keeping their relative order, marked redelivered —

@@ -33,6 +33,11 @@ pub struct Broker {
     pub(crate) queue_memory_limit: usize,
     /// Queues whose next messages were not yet written when wanted (vhost, queue).
     pub(crate) waiting: HashSet<(ShortStr, ShortStr)>,
+    /// Store ids of queues that persist nothing are taken from the top of the id space
+    /// down and reused once their queue is gone, so that a stream of short-lived queues
+    /// (one per RPC client) never exhausts the ids durable queues count up from 1.
+    pub(crate) free_transient_ids: Vec<QueueId>,
+    next_transient_id: QueueId,
 }
 
 impl Broker {
@@ -53,6 +58,8 @@ impl Broker {
             next_id: 1,
             queue_memory_limit: DEFAULT_QUEUE_MEMORY_LIMIT,
             waiting: HashSet::new(),
+            free_transient_ids: Vec::new(),
+            next_transient_id: QueueId::MAX,
         }
     }
 
@@ -198,6 +205,15 @@ impl Broker {
             kind: "vhost",
             name: name.into(),
             vhost: name.into(),
+        })
+    }
+
+    /// A store id for a queue that persists nothing (see `free_transient_ids`).
+    pub(crate) fn transient_queue_id(&mut self) -> QueueId {
+        self.free_transient_ids.pop().unwrap_or_else(|| {
+            let id = self.next_transient_id;
+            self.next_transient_id = self.next_transient_id.saturating_sub(1);
+            id
         })
     }
 

@@ -333,9 +333,14 @@ impl Broker {
         queue.incarnation = self.unique_id();
         // Every queue gets a store identity (to spill past its memory limit); only durable,
         // non-exclusive ones persist messages and are saved with the definitions.
-        queue.store_id = Some(self.next_queue_id);
-        self.next_queue_id += 1;
         let persisted = queue.persists_messages();
+        queue.store_id = Some(if persisted {
+            let id = self.next_queue_id;
+            self.next_queue_id = self.next_queue_id.saturating_add(1);
+            id
+        } else {
+            self.transient_queue_id()
+        });
         self.vhost_mut(&vhost_name)?.queues.insert(name.clone(), queue);
         if persisted && let Err(e) = self.save_definitions() {
             self.vhost_mut(&vhost_name)?.queues.remove(&name);
@@ -403,7 +408,10 @@ impl Broker {
         let Some(mut queue) = vhost.queues.remove(name) else {
             return 0;
         };
+        let exchanges = vhost.exchanges.len();
         vhost.remove_bindings_to(&Destination::Queue(queue.name.clone()));
+        // Auto-delete exchanges may have gone with the bindings.
+        let cascaded = vhost.exchanges.len() != exchanges;
         // Release its messages, ready and unacked alike; an ack arriving later for an
         // unacked one then has nothing left to release. On failure the references stay;
         // recovery releases them (their queue is gone).
@@ -423,7 +431,14 @@ impl Broker {
             }
             // On failure the references stay; recovery releases them (their queue is gone).
             let _ = self.store.ack(id, &stored);
+        }
+        // Only a change to what is saved needs a save (every queue has a store id, and
+        // exclusive queues come and go with every RPC client).
+        if queue.persists_messages() || cascaded {
             let _ = self.save_definitions();
+        } else if let Some(id) = queue.store_id {
+            // Everything it referenced was released above; the id can serve again.
+            self.free_transient_ids.push(id);
         }
         for consumer in &queue.consumers {
             let Some(connection) = self.connections.get_mut(&consumer.channel.connection) else {

@@ -414,31 +414,54 @@ impl Store for FileStore {
     ) -> Result<Vec<(Seq, Bytes)>, StoreError> {
         // Decide what to read under the lock, then read without it: publishers must not
         // wait for this disk I/O.
-        let (wanted, start, segments, damage) = {
+        let (wanted, start, segments, damage, jumps) = {
             let st = self.shared.lock();
             let Some(refs) = st.refs.get(&queue) else { return Ok(Vec::new()) };
             let wanted: Vec<Seq> = refs.iter_from(from).take(max_messages).collect();
-            let Some(&first) = wanted.first() else { return Ok(Vec::new()) };
-            let Some(&start) = st.index.range(..=first).next_back().map(|(_, at)| at) else {
+            let (Some(&first), Some(&last)) = (wanted.first(), wanted.last()) else {
                 return Ok(Vec::new());
+            };
+            // Start at the nearest indexed record; failing that (never expected), at the
+            // start of the segment holding `first`.
+            let start = match st.index.range(..=first).next_back() {
+                Some((_, at)) => *at,
+                None => match st.segment_of(first) {
+                    Some(id) => (id, SEGMENT_MAGIC.len() as u64),
+                    None => return Ok(Vec::new()),
+                },
             };
             let segments: Vec<SegmentId> =
                 st.segments.range(start.0..).map(|(id, _)| *id).collect();
-            (wanted, start, segments, st.damage.clone())
+            // Index entries inside the span, to jump over other queues' records when this
+            // queue's messages are sparse in the journal.
+            let jumps: Vec<(Seq, (SegmentId, u64))> = if last > first {
+                st.index.range(first + 1..=last).map(|(seq, at)| (*seq, *at)).collect()
+            } else {
+                Vec::new()
+            };
+            (wanted, start, segments, st.damage.clone(), jumps)
         };
         let mut out = Vec::with_capacity(wanted.len());
         let mut skipped = Vec::new();
         let mut next = 0;
         let mut bytes = 0;
-        'segments: for (i, segment) in segments.into_iter().enumerate() {
-            let offset = if i == 0 { start.1 } else { SEGMENT_MAGIC.len() as u64 };
+        let mut position = Some(start);
+        'read: while let Some((segment, offset)) = position.take() {
             let path = segment_path(&self.shared.journal, segment);
             let skips =
                 damage.iter().filter(|(s, ..)| *s == segment).map(|(_, from, to)| (*from, *to));
             let Some(mut reader) = SegmentReader::open(&path, offset, skips.collect())? else {
                 break;
             };
-            while let Some(record) = reader.next()? {
+            loop {
+                let Some(record) = reader.next()? else {
+                    // End of this segment (or of what is written of it): go on with the next.
+                    position = segments
+                        .iter()
+                        .find(|s| **s > segment)
+                        .map(|s| (*s, SEGMENT_MAGIC.len() as u64));
+                    continue 'read;
+                };
                 let (Record::Publish { seq, payload, .. } | Record::Spill { seq, payload, .. }) =
                     record
                 else {
@@ -454,7 +477,18 @@ impl Store for FileStore {
                     next += 1;
                 }
                 if next >= wanted.len() || bytes >= max_bytes {
-                    break 'segments;
+                    break 'read;
+                }
+                // Far from the next wanted message: jump to the index entry nearest below it.
+                let want = wanted[next];
+                if want > seq + INDEX_EVERY {
+                    let below = jumps.partition_point(|(j, _)| *j <= want);
+                    if let Some(&(jump, at)) = below.checked_sub(1).and_then(|i| jumps.get(i))
+                        && jump > seq
+                    {
+                        position = Some(at);
+                        continue 'read;
+                    }
                 }
             }
         }
@@ -849,7 +883,7 @@ fn next_valid_record(data: &Bytes, pos: usize) -> Option<usize> {
         let plausible = len != 0
             && len <= record::MAX_BODY_LEN
             && record::HEADER_LEN + len <= rest.len()
-            && (1..=4).contains(&rest[record::HEADER_LEN]);
+            && record::is_known_kind(rest[record::HEADER_LEN]);
         if !plausible {
             return false;
         }
@@ -902,14 +936,18 @@ fn recover(journal: &Path, skip_corrupt: bool) -> Result<Scan, StoreError> {
         let mut pos = SEGMENT_MAGIC.len();
         let mut has_base = false;
         let mut whole = true;
+        let mut indexed_in_segment = false;
         while pos < data.len() {
             match record::decode(&data.slice(pos..)) {
                 Ok((record, len)) => {
                     has_base |= pos == SEGMENT_MAGIC.len() && matches!(record, Record::Base { .. });
+                    // The first publish of every segment is indexed (whatever came before it,
+                    // spills included), and every INDEX_EVERY-th sequence number.
                     if let Record::Publish { seq, .. } = record
-                        && (first_seq.is_none() || seq.is_multiple_of(INDEX_EVERY))
+                        && (!indexed_in_segment || seq.is_multiple_of(INDEX_EVERY))
                     {
                         scan.index.insert(seq, (id, pos as u64));
+                        indexed_in_segment = true;
                     }
                     apply(&mut scan, &mut first_seq, record);
                     pos += len;

@@ -176,6 +176,11 @@ pub const BASE_LEN: usize = HEADER_LEN + 9;
 /// Size of a delivered mark on disk.
 pub const DELIVERED_LEN: usize = HEADER_LEN + 13;
 
+/// Whether `kind` is a record kind this version writes.
+pub fn is_known_kind(kind: u8) -> bool {
+    matches!(kind, KIND_PUBLISH | KIND_ACK | KIND_DELIVERED | KIND_BASE | KIND_SPILL | KIND_RELEASE)
+}
+
 /// Why bytes are not a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invalid {

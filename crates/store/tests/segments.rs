@@ -224,3 +224,35 @@ fn a_repeated_ack_does_not_delete_a_segment_that_still_holds_a_message() {
     assert!(head.exists(), "the head segment was deleted while message {straggler} is unacked");
     f.reopen();
 }
+
+/// Regression (review): recovery indexed only a segment's first record if it was a
+/// publish, so a segment opening with a spill lost its index entry for the publishes after
+/// it, and once older segments were gone, reads of that queue found nothing.
+#[test]
+fn a_segment_that_opens_with_a_spill_still_serves_reads_after_a_reopen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = small_segments(Durability::Fsync);
+    let store = FileStore::open(dir.path(), config.clone()).expect("open");
+    // Spills fill the first segment until one opens the next.
+    let mut spills = Vec::new();
+    let first_files = segment_files(dir.path()).len();
+    while segment_files(dir.path()).len() == first_files || spills.len() < 2 {
+        spills.push(store.spill(&[2], &payload(spills.len() as u64, 4096)).expect("spill"));
+        let (barrier, lsn) = store.append(&[9], b"barrier").expect("append");
+        store.ack(9, &[barrier]).expect("ack the barrier");
+        wait_durable(&store, lsn);
+        assert!(spills.len() < 1000, "no new segment was started");
+    }
+    // The new segment opened with the last spill; publishes follow it.
+    let wanted: Vec<Seq> =
+        (0..5u64).map(|n| store.append(&[1], &payload(n, 16)).expect("append").0).collect();
+    let (_, lsn) = store.append(&[3], b"last").expect("append");
+    wait_durable(&store, lsn);
+    store.ack(2, &spills).expect("ack the spills");
+    store.close().expect("close");
+    drop(store);
+    let store = FileStore::open(dir.path(), config).expect("reopen");
+    let read: Vec<Seq> =
+        store.read(1, 0, 100, usize::MAX).expect("read").into_iter().map(|(s, _)| s).collect();
+    assert_eq!(read, wanted);
+}
