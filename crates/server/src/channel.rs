@@ -264,6 +264,11 @@ impl Channel {
         Ok(After::Continue)
     }
 
+    /// Whether confirms or a commit-ok wait for the store.
+    pub fn awaits_store(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
     /// Sends the confirms (and tx.commit-oks) that `progress` now covers: one
     /// `basic.ack` with `multiple` for a run of them. If the store failed, the rest are
     /// nacked (a commit cannot be honoured: that closes the connection).

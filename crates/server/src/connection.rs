@@ -29,6 +29,9 @@ use crate::channel::Channel;
 use crate::reply::{Close, Scope};
 use crate::writer::{self, WriterHandle, WriterMsg};
 
+/// How long shutdown waits for the journal to cover confirms still outstanding.
+const SHUTDOWN_CONFIRM_WAIT: Duration = Duration::from_secs(5);
+
 /// How long to wait for `connection.close-ok` after the server closes a connection.
 const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -381,6 +384,20 @@ async fn run(
                 return End::Gone;
             }
             _ = shutdown.changed() => {
+                // Confirms still waiting for the journal go out first (the store keeps
+                // syncing until every connection is gone), within a bound.
+                let deadline = tokio::time::Instant::now() + SHUTDOWN_CONFIRM_WAIT;
+                while progress_live && channels.values().any(Channel::awaits_store) {
+                    match tokio::time::timeout_at(deadline, progress.changed()).await {
+                        Ok(Ok(())) => {
+                            let now = *progress.borrow_and_update();
+                            for channel in channels.values_mut() {
+                                let _ = channel.flush_confirms(&ctx, now);
+                            }
+                        }
+                        _ => break,
+                    }
+                }
                 let close = Close::new(reply::CONNECTION_FORCED, "broker forced connection closure with reason 'shutdown'");
                 return End::Close(close, 0, 0);
             }
