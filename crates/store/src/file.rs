@@ -31,20 +31,18 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 
 use crate::config::{Durability, StoreConfig};
+use crate::definitions::{load_definitions, save_definitions};
 use crate::error::StoreError;
 use crate::ranges::RangeSet;
-use crate::record::{self, Invalid, Record, SEGMENT_MAGIC};
+use crate::record::{self, Record, SEGMENT_MAGIC};
+use crate::recovery::recover;
+use crate::segment_reader::SegmentReader;
 use crate::{Lsn, Progress, QueueId, Recovered, Seq, Store};
 
-type SegmentId = u64;
-
-const DEFINITIONS_MAGIC: &[u8; 8] = b"PRDEFS01";
+pub(crate) type SegmentId = u64;
 
 /// One publish record in this many is indexed (and the first of every segment).
-const INDEX_EVERY: Seq = 64;
-
-/// How much of a segment a read fetches per system call.
-const READ_CHUNK: usize = 256 * 1024;
+pub(crate) const INDEX_EVERY: Seq = 64;
 
 #[derive(Debug)]
 struct SegmentMeta {
@@ -198,15 +196,18 @@ pub struct FileStore {
     recovered: Mutex<Option<Recovered>>,
 }
 
-fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+pub(crate) fn io<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
     move |source| StoreError::Io { op, path: path.to_path_buf(), source }
 }
 
-fn segment_path(journal: &Path, id: SegmentId) -> PathBuf {
+pub(crate) fn segment_path(journal: &Path, id: SegmentId) -> PathBuf {
     journal.join(format!("{id:020}.seg"))
 }
 
-fn sync_dir(path: &Path) -> Result<(), StoreError> {
+pub(crate) fn sync_dir(path: &Path) -> Result<(), StoreError> {
     File::open(path).and_then(|d| d.sync_all()).map_err(io("syncing directory", path))
 }
 
@@ -579,102 +580,6 @@ impl Drop for FileStore {
     }
 }
 
-/// Reads a segment's records sequentially from an offset, a chunk at a time.
-struct SegmentReader {
-    file: File,
-    path: PathBuf,
-    /// File offset of `buf[start]`.
-    pos: u64,
-    buf: Vec<u8>,
-    start: usize,
-    /// Damaged byte ranges to jump over.
-    skips: Vec<(u64, u64)>,
-}
-
-impl SegmentReader {
-    /// Opens `path` at `offset`; `None` if the file does not exist (yet, or any more).
-    fn open(
-        path: &Path,
-        offset: u64,
-        skips: Vec<(u64, u64)>,
-    ) -> Result<Option<SegmentReader>, StoreError> {
-        match File::open(path) {
-            Ok(file) => Ok(Some(SegmentReader {
-                file,
-                path: path.to_path_buf(),
-                pos: offset,
-                buf: Vec::new(),
-                start: 0,
-                skips,
-            })),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::Io { op: "opening", path: path.to_path_buf(), source: e }),
-        }
-    }
-
-    fn buffered(&self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-
-    /// Makes the buffer hold at least `n` unread bytes, unless the file ends first.
-    fn fill(&mut self, n: usize) -> Result<(), StoreError> {
-        use std::os::unix::fs::FileExt;
-        if self.buffered().len() >= n {
-            return Ok(());
-        }
-        self.buf.drain(..self.start);
-        self.start = 0;
-        while self.buf.len() < n {
-            let have = self.buf.len();
-            self.buf.resize(have + (n - have).max(READ_CHUNK), 0);
-            let got = self
-                .file
-                .read_at(&mut self.buf[have..], self.pos + have as u64)
-                .map_err(io("reading", &self.path))?;
-            self.buf.truncate(have + got);
-            if got == 0 {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// The next whole record, or `None` at the end of what is written so far.
-    fn next(&mut self) -> Result<Option<Record>, StoreError> {
-        if let Some(&(_, to)) =
-            self.skips.iter().find(|(from, to)| (*from..*to).contains(&self.pos))
-        {
-            if to == u64::MAX {
-                return Ok(None);
-            }
-            self.pos = to;
-            self.buf.clear();
-            self.start = 0;
-        }
-        self.fill(record::HEADER_LEN)?;
-        let head = self.buffered();
-        if head.len() < record::HEADER_LEN {
-            return Ok(None);
-        }
-        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let total = record::HEADER_LEN + len.min(record::MAX_BODY_LEN);
-        self.fill(total)?;
-        if self.buffered().len() < total {
-            // Still being written: stop before it.
-            return Ok(None);
-        }
-        let bytes = Bytes::copy_from_slice(&self.buffered()[..total]);
-        let (record, used) = record::decode(&bytes).map_err(|invalid| StoreError::Corrupt {
-            path: self.path.clone(),
-            offset: self.pos,
-            reason: format!("{invalid:?}"),
-        })?;
-        self.start += used;
-        self.pos += used as u64;
-        Ok(Some(record))
-    }
-}
-
 /// Open segment files and the counters the fault injection uses.
 struct Writer {
     files: HashMap<SegmentId, File>,
@@ -822,258 +727,4 @@ fn commit_loop(shared: &Shared) -> Result<(), String> {
             return Ok(());
         }
     }
-}
-
-struct Scan {
-    /// Segment ids in order, with the first sequence number each holds (if any).
-    segments: Vec<(SegmentId, Option<Seq>)>,
-    /// Per queue, the messages it still references.
-    refs: HashMap<QueueId, RangeSet>,
-    /// Damaged byte ranges recovery was told to skip: (segment, from, to).
-    damage: Vec<(SegmentId, u64, u64)>,
-    delivered: HashMap<QueueId, Seq>,
-    next_seq: Seq,
-    /// The highest segment id found, damaged or not.
-    highest_id: SegmentId,
-    /// The newest segment, if it recovered whole (after truncating a torn tail).
-    last: Option<LastSegment>,
-    /// Locations of publish records, as `State::index` keeps them.
-    index: BTreeMap<Seq, (SegmentId, u64)>,
-}
-
-/// The newest segment as recovery left it, for appends to continue in it.
-#[derive(Debug, Clone, Copy)]
-struct LastSegment {
-    id: SegmentId,
-    /// Bytes of whole records (and magic) it holds.
-    len: usize,
-    /// Whether it starts with a base record.
-    has_base: bool,
-}
-
-fn list_segments(journal: &Path) -> Result<Vec<SegmentId>, StoreError> {
-    let mut ids = Vec::new();
-    for entry in fs::read_dir(journal).map_err(io("listing", journal))? {
-        let entry = entry.map_err(io("listing", journal))?;
-        let name = entry.file_name();
-        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".seg")) else { continue };
-        if let Ok(id) = stem.parse::<SegmentId>() {
-            ids.push(id);
-        }
-    }
-    ids.sort_unstable();
-    Ok(ids)
-}
-
-/// Where the next whole, CRC-valid record after `pos` starts, if any. The damaged
-/// record's own length field is not trusted (it may be the damaged part).
-///
-/// The search checksums at most [`RESYNC_BUDGET`] bytes, so that a torn tail full of
-/// plausible-looking lengths (a crafted message body) cannot make startup quadratic; past
-/// the budget the rest counts as torn.
-fn next_valid_record(data: &Bytes, pos: usize) -> Option<usize> {
-    let mut budget = RESYNC_BUDGET;
-    (pos + 1..data.len().saturating_sub(record::HEADER_LEN)).find(|&at| {
-        if budget == 0 {
-            return false;
-        }
-        let rest = &data[at..];
-        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        // Cheap rejections first (length, record kind); only then a CRC check.
-        let plausible = len != 0
-            && len <= record::MAX_BODY_LEN
-            && record::HEADER_LEN + len <= rest.len()
-            && record::is_known_kind(rest[record::HEADER_LEN]);
-        if !plausible {
-            return false;
-        }
-        budget = budget.saturating_sub(len);
-        record::decode(&data.slice(at..)).is_ok()
-    })
-}
-
-/// Bytes the resync search may checksum.
-const RESYNC_BUDGET: usize = 256 * 1024 * 1024;
-
-fn recover(journal: &Path, skip_corrupt: bool) -> Result<Scan, StoreError> {
-    let ids = list_segments(journal)?;
-    let mut scan = Scan {
-        segments: Vec::new(),
-        refs: HashMap::new(),
-        damage: Vec::new(),
-        delivered: HashMap::new(),
-        next_seq: 1,
-        highest_id: 0,
-        last: None,
-        index: BTreeMap::new(),
-    };
-    for (index, &id) in ids.iter().enumerate() {
-        let path = segment_path(journal, id);
-        let mut data = Bytes::from(fs::read(&path).map_err(io("reading", &path))?);
-        let is_last = index + 1 == ids.len();
-        let corrupt = |offset: usize, reason: String| StoreError::Corrupt {
-            path: path.clone(),
-            offset: offset as u64,
-            reason,
-        };
-        if data.len() < SEGMENT_MAGIC.len() || &data[..SEGMENT_MAGIC.len()] != SEGMENT_MAGIC {
-            if data.len() < SEGMENT_MAGIC.len() && SEGMENT_MAGIC.starts_with(&data) {
-                // Created but its header never fully written: nothing in it was confirmed.
-                tracing::warn!(path = %path.display(), "removing an empty, torn segment");
-                fs::remove_file(&path).map_err(io("removing", &path))?;
-                continue;
-            }
-            scan.highest_id = id;
-            let error = corrupt(0, "not a Postroom segment (bad magic)".into());
-            if !skip_corrupt {
-                return Err(error);
-            }
-            tracing::error!(%error, "skipping the whole segment");
-            continue;
-        }
-        scan.highest_id = id;
-        let mut first_seq = None;
-        let mut pos = SEGMENT_MAGIC.len();
-        let mut has_base = false;
-        let mut whole = true;
-        let mut indexed_in_segment = false;
-        while pos < data.len() {
-            match record::decode(&data.slice(pos..)) {
-                Ok((record, len)) => {
-                    has_base |= pos == SEGMENT_MAGIC.len() && matches!(record, Record::Base { .. });
-                    // The first publish of every segment is indexed (whatever came before it,
-                    // spills included), and every INDEX_EVERY-th sequence number.
-                    if let Record::Publish { seq, .. } = record
-                        && (!indexed_in_segment || seq.is_multiple_of(INDEX_EVERY))
-                    {
-                        scan.index.insert(seq, (id, pos as u64));
-                        indexed_in_segment = true;
-                    }
-                    apply(&mut scan, &mut first_seq, record);
-                    pos += len;
-                }
-                Err(invalid) => {
-                    // Only the end of the newest segment can be torn: before writing to a
-                    // new segment the commit thread syncs the older ones, so damage
-                    // anywhere else is damage to records that were confirmed.
-                    let resume = next_valid_record(&data, pos);
-                    if is_last && resume.is_none() {
-                        truncate(&path, pos, data.len())?;
-                        data.truncate(pos);
-                        break;
-                    }
-                    whole = false;
-                    let reason = match invalid {
-                        Invalid::Truncated => "record cut short before later records".into(),
-                        Invalid::Damaged(reason) => reason,
-                    };
-                    let error = corrupt(pos, reason);
-                    if !skip_corrupt {
-                        return Err(error);
-                    }
-                    match resume {
-                        Some(at) => {
-                            tracing::error!(%error, resume_at = at, "skipping damaged bytes");
-                            scan.damage.push((id, pos as u64, at as u64));
-                            pos = at;
-                        }
-                        None => {
-                            tracing::error!(%error, "skipping the rest of the segment");
-                            scan.damage.push((id, pos as u64, u64::MAX));
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        if is_last && whole {
-            scan.last = Some(LastSegment { id, len: data.len(), has_base });
-        }
-        scan.segments.push((id, first_seq));
-    }
-    Ok(scan)
-}
-
-fn apply(scan: &mut Scan, first_seq: &mut Option<Seq>, record: Record) {
-    match record {
-        Record::Publish { seq, queues, .. } => {
-            first_seq.get_or_insert(seq);
-            scan.next_seq = scan.next_seq.max(seq + 1);
-            for queue in queues {
-                scan.refs.entry(queue).or_default().insert(seq);
-            }
-        }
-        Record::Ack { queue, seqs } => {
-            if let Some(refs) = scan.refs.get_mut(&queue) {
-                for seq in seqs {
-                    refs.remove(seq);
-                }
-            }
-        }
-        Record::Spill { seq, .. } => {
-            first_seq.get_or_insert(seq);
-            scan.next_seq = scan.next_seq.max(seq + 1);
-        }
-        Record::Release { queue, from, to } => {
-            if let Some(refs) = scan.refs.get_mut(&queue) {
-                refs.remove_range(from, to);
-            }
-        }
-        Record::Base { next_seq } => scan.next_seq = scan.next_seq.max(next_seq),
-        Record::Delivered { queue, seq } => {
-            let mark = scan.delivered.entry(queue).or_insert(seq);
-            *mark = (*mark).max(seq);
-        }
-    }
-}
-
-/// Cuts a torn tail off a segment. Only unconfirmed records can be in it: a confirm waits
-/// for the sync of everything before it.
-fn truncate(path: &Path, at: usize, len: usize) -> Result<(), StoreError> {
-    tracing::warn!(
-        path = %path.display(),
-        offset = at,
-        dropped_bytes = len - at,
-        "truncating a torn tail"
-    );
-    let file = OpenOptions::new().write(true).open(path).map_err(io("opening", path))?;
-    file.set_len(at as u64).map_err(io("truncating", path))?;
-    file.sync_all().map_err(io("syncing", path))
-}
-
-fn load_definitions(dir: &Path) -> Result<Option<Bytes>, StoreError> {
-    let path = dir.join("definitions.bin");
-    let data = match fs::read(&path) {
-        Ok(data) => data,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(StoreError::Io { op: "reading", path, source: e }),
-    };
-    let corrupt =
-        |reason: &str| StoreError::Corrupt { path: path.clone(), offset: 0, reason: reason.into() };
-    if data.len() < 16 || &data[..8] != DEFINITIONS_MAGIC {
-        return Err(corrupt("bad definitions header"));
-    }
-    let len = u32::from_be_bytes([data[8], data[9], data[10], data[11]]) as usize;
-    let crc = u32::from_be_bytes([data[12], data[13], data[14], data[15]]);
-    let body = data.get(16..16 + len).ok_or_else(|| corrupt("definitions file is short"))?;
-    if crc32c::crc32c(body) != crc {
-        return Err(corrupt("definitions CRC mismatch"));
-    }
-    Ok(Some(Bytes::copy_from_slice(body)))
-}
-
-/// Writes the definitions atomically: a reader sees the old or the new file, never a mix.
-pub(crate) fn save_definitions(dir: &Path, data: &[u8]) -> Result<(), StoreError> {
-    let path = dir.join("definitions.bin");
-    let tmp = dir.join("definitions.bin.tmp");
-    let mut file = File::create(&tmp).map_err(io("creating", &tmp))?;
-    let mut contents = Vec::with_capacity(16 + data.len());
-    contents.extend_from_slice(DEFINITIONS_MAGIC);
-    contents.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    contents.extend_from_slice(&crc32c::crc32c(data).to_be_bytes());
-    contents.extend_from_slice(data);
-    file.write_all(&contents).map_err(io("writing", &tmp))?;
-    file.sync_all().map_err(io("syncing", &tmp))?;
-    fs::rename(&tmp, &path).map_err(io("renaming", &tmp))?;
-    sync_dir(dir)
 }

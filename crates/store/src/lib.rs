@@ -12,18 +12,24 @@
 //!
 //! Layout:
 //! - [`record`]: the record format (length, CRC32C, kind) and its decoder.
-//! - [`file`]: [`FileStore`], segments, the commit thread, recovery.
+//! - [`file`]: [`FileStore`], segments, the commit thread.
+//! - `recovery`: the journal scan at open.
+//! - `segment_reader`: sequential reads of a segment's records.
+//! - `definitions`: the definitions file.
 //! - [`memory`]: [`MemoryStore`], the same contract without files.
 //! - [`ranges`]: [`ranges::RangeSet`], a queue's references as ranges.
 //! - [`config`]: [`StoreConfig`], [`Durability`], fault injection.
 //! - [`error`]: the [`StoreError`] type.
 
 pub mod config;
+mod definitions;
 pub mod error;
 pub mod file;
 pub mod memory;
 pub mod ranges;
 pub mod record;
+mod recovery;
+mod segment_reader;
 
 use bytes::Bytes;
 use tokio::sync::watch;
