@@ -90,7 +90,7 @@ impl Backlog {
         }
         let seq = match entry.stored {
             Some(seq) => seq,
-            None => match store.spill(&[queue_id], &entry.message.encode()) {
+            None => match store.spill(&[queue_id], &entry.message.encoded()) {
                 Ok(seq) => seq,
                 Err(_) => return self.push_hot(entry),
             },

@@ -241,7 +241,7 @@ impl Broker {
         let stored = if stored_in.is_empty() {
             None
         } else {
-            let appended = self.store.append(&stored_in, &message.encode());
+            let appended = self.store.append(&stored_in, &message.encoded());
             Some(appended.map_err(|e| BrokerError::StoreFailed(e.to_string()))?)
         };
         let message = Arc::new(message);

@@ -26,6 +26,9 @@ pub struct Message {
     pub body: Bytes,
     /// Whether the publisher asked for persistence (`delivery_mode = 2`).
     persistent: bool,
+    /// The store encoding, when the fields above are slices of it (a message decoded from
+    /// it): the store then writes these bytes as they are.
+    encoded: Option<Bytes>,
 }
 
 impl Message {
@@ -38,7 +41,7 @@ impl Message {
     ) -> Message {
         let raw_properties = properties.to_bytes();
         let persistent = properties.is_persistent();
-        Message { exchange, routing_key, raw_properties, body, persistent }
+        Message { exchange, routing_key, raw_properties, body, persistent, encoded: None }
     }
 
     /// A message from its parts as a content header carried them: `raw_properties` must be
@@ -51,7 +54,7 @@ impl Message {
         body: Bytes,
     ) -> Message {
         let persistent = properties.is_persistent();
-        Message { exchange, routing_key, raw_properties, body, persistent }
+        Message { exchange, routing_key, raw_properties, body, persistent, encoded: None }
     }
 
     /// The decoded properties (empty if the stored encoding does not decode, which a
@@ -107,7 +110,19 @@ impl Message {
         let raw_properties = r.bytes(props_len, "properties")?;
         let properties = BasicProperties::decode(&mut Reader::new(&raw_properties))?;
         let body = r.bytes(r.remaining(), "body")?;
-        Ok(Message::from_parts(exchange, routing_key, &properties, raw_properties, body))
+        let mut message =
+            Message::from_parts(exchange, routing_key, &properties, raw_properties, body);
+        message.encoded = Some(data.clone());
+        Ok(message)
+    }
+
+    /// The store encoding ([`Message::encode`]), without copying when the message was
+    /// decoded from one.
+    pub fn encoded(&self) -> Bytes {
+        match &self.encoded {
+            Some(encoded) => encoded.clone(),
+            None => self.encode().freeze(),
+        }
     }
 }
 
