@@ -12,10 +12,10 @@
 //! Every queue spills this way: a non-durable queue's messages are all transient for the
 //! store (spilled, and dropped by recovery).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use postroom_store::{QueueId, Seq, Store};
+use postroom_store::{DeliveryState, QueueId, Seq, Store};
 
 use crate::message::{Message, QueuedMessage};
 
@@ -45,6 +45,9 @@ pub struct Backlog {
     /// After a restart: messages up to this sequence number may have reached a consumer
     /// before it, and come back flagged redelivered.
     delivered_before: Option<Seq>,
+    /// After a restart: the delivery states the store kept, applied as messages are read
+    /// back (and dropped then).
+    recovered_states: BTreeMap<Seq, DeliveryState>,
 }
 
 fn charge(entry: &QueuedMessage) -> usize {
@@ -122,6 +125,11 @@ impl Backlog {
         self.delivered_before = seq;
     }
 
+    /// Notes, after a restart, the delivery states the store kept for this queue.
+    pub fn set_recovered_states(&mut self, states: BTreeMap<Seq, DeliveryState>) {
+        self.recovered_states = states;
+    }
+
     fn push_hot(&mut self, entry: QueuedMessage) {
         self.hot_bytes += charge(&entry);
         self.hot.push_back(entry);
@@ -164,6 +172,10 @@ impl Backlog {
                 let mut entry = QueuedMessage::new(Arc::new(message));
                 entry.stored = Some(seq);
                 entry.redelivered = self.delivered_before.is_some_and(|d| seq <= d);
+                if let Some(state) = self.recovered_states.remove(&seq) {
+                    entry.delivery_count = state.delivery_count;
+                    entry.redelivered |= state.delivery_count > 0;
+                }
                 self.push_hot(entry);
             }
             // A payload that does not decode can never be delivered: release it rather
@@ -175,10 +187,20 @@ impl Backlog {
 
     /// Puts messages back at the head, keeping their relative order, marked redelivered —
     /// as RabbitMQ returns a requeued message to its original position ahead of newer ones.
-    pub fn requeue(&mut self, messages: impl DoubleEndedIterator<Item = QueuedMessage>) {
+    /// Each one's delivery count goes up, and is recorded in the store for the stored ones.
+    pub fn requeue(
+        &mut self,
+        messages: impl DoubleEndedIterator<Item = QueuedMessage>,
+        store_id: Option<QueueId>,
+        store: &dyn Store,
+    ) {
         for mut message in messages.rev() {
             message.redelivered = true;
             message.delivery_count = message.delivery_count.saturating_add(1);
+            if let (Some(queue), Some(seq)) = (store_id, message.stored) {
+                let state = DeliveryState { delivery_count: message.delivery_count, ready_at: 0 };
+                store.set_state(queue, seq, state);
+            }
             self.hot_bytes += charge(&message);
             self.hot.push_front(message);
         }

@@ -76,6 +76,8 @@ pub struct Got {
     pub delivery_tag: u64,
     /// Whether it was delivered before.
     pub redelivered: bool,
+    /// How many times it was delivered before and returned to the queue.
+    pub delivery_count: u32,
     /// The message.
     pub message: Arc<Message>,
     /// Ready messages left in the queue.
@@ -449,6 +451,7 @@ impl Broker {
         let got = Got {
             delivery_tag,
             redelivered: message.redelivered,
+            delivery_count: message.delivery_count,
             message: message.message.clone(),
             message_count,
         };
@@ -612,7 +615,7 @@ impl Broker {
             // if a new queue has the same name.
             let queue = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(&queue));
             if let Some(q) = queue.filter(|q| q.incarnation == incarnation) {
-                q.requeue(messages.into_iter());
+                q.requeue(messages.into_iter(), &*self.store);
                 let name = q.name.clone();
                 self.dispatch(vhost, &name);
             }

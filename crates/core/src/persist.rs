@@ -141,7 +141,7 @@ impl Broker {
     ///
     /// # Errors
     /// `StoreFailed` if the saved definitions or a message cannot be decoded.
-    pub fn restore(&mut self, recovered: Recovered) -> Result<RestoreSummary> {
+    pub fn restore(&mut self, mut recovered: Recovered) -> Result<RestoreSummary> {
         let mut summary = RestoreSummary::default();
         let bad = |what: &str| BrokerError::StoreFailed(format!("cannot decode saved {what}"));
         let mut by_id: HashMap<QueueId, (ShortStr, ShortStr)> = HashMap::new();
@@ -233,6 +233,9 @@ impl Broker {
         for (id, (vhost, name)) in &by_id {
             if let Some(queue) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(name)) {
                 queue.ready.set_delivered_before(recovered.delivered.get(id).copied());
+                if let Some(states) = recovered.states.remove(id) {
+                    queue.ready.set_recovered_states(states);
+                }
             }
         }
         Ok(summary)

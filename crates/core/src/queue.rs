@@ -127,8 +127,12 @@ impl Queue {
     /// Puts messages back at the head of the queue, keeping their relative order, marked
     /// redelivered — as RabbitMQ returns a requeued message to its original position ahead
     /// of newer messages.
-    pub fn requeue(&mut self, messages: impl DoubleEndedIterator<Item = QueuedMessage>) {
-        self.ready.requeue(messages);
+    pub fn requeue(
+        &mut self,
+        messages: impl DoubleEndedIterator<Item = QueuedMessage>,
+        store: &dyn Store,
+    ) {
+        self.ready.requeue(messages, self.store_id, store);
     }
 
     /// Removes a consumer by channel and tag, returning it.

@@ -8,7 +8,7 @@ use postroom_amqp::{BasicProperties, FieldTable};
 use postroom_core::{
     Broker, ChannelKey, Destination, ExchangeSpec, Message, Outbound, Outlet, QueueSpec, Settlement,
 };
-use postroom_store::MemoryStore;
+use postroom_store::{MemoryStore, Store};
 
 #[derive(Default)]
 struct Recorder(Mutex<Vec<Outbound>>);
@@ -185,4 +185,31 @@ fn store_references_follow_acks_of_persistent_messages() {
     let got = f.broker.basic_get(f.key, "d", false).unwrap().unwrap();
     f.broker.settle(f.key, got.delivery_tag, false, Settlement::Ack).unwrap();
     assert!(f.store.snapshot().queues.is_empty());
+}
+
+/// Issue 3: delivery counts are journal records, so a restart keeps them.
+#[test]
+fn a_requeued_message_keeps_its_delivery_count_across_a_restart() {
+    let mut f = Fixture::new();
+    f.declare("d", true, false);
+    f.publish("d", "twice-returned");
+    f.publish("d", "never-delivered");
+    for expected in 0..2 {
+        let got = f.broker.basic_get(f.key, "d", false).unwrap().unwrap();
+        assert_eq!(got.delivery_count, expected);
+        f.broker.settle(f.key, got.delivery_tag, false, Settlement::Requeue).unwrap();
+    }
+    f.store.close().unwrap();
+    f.store.reopen();
+    let mut broker = Broker::new(8, f.store.clone());
+    broker.restore(f.store.take_recovered()).unwrap();
+    let connection = broker.open_connection("/", "guest", f.outlet.clone()).unwrap();
+    let key = ChannelKey { connection, channel: 1 };
+    broker.open_channel(key).unwrap();
+    let first = broker.basic_get(key, "d", false).unwrap().unwrap();
+    assert_eq!(first.message.body.as_ref(), b"twice-returned");
+    assert_eq!((first.delivery_count, first.redelivered), (2, true));
+    let second = broker.basic_get(key, "d", false).unwrap().unwrap();
+    assert_eq!(second.message.body.as_ref(), b"never-delivered");
+    assert_eq!((second.delivery_count, second.redelivered), (0, false));
 }

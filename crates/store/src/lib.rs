@@ -12,7 +12,10 @@
 //!
 //! Layout:
 //! - [`record`]: the record format (length, CRC32C, kind) and its decoder.
-//! - [`file`]: [`FileStore`], segments, the commit thread.
+//! - [`file`]: [`FileStore`]: opening, appends, acks and reads.
+//! - `state`: the file store's bookkeeping in memory (locations, live counts, batch).
+//! - `commit`: the group-commit thread.
+//! - `compaction`: copying the head segment's last live messages forward.
 //! - `recovery`: the journal scan at open.
 //! - `segment_reader`: sequential reads of a segment's records.
 //! - `definitions`: the definitions file.
@@ -21,6 +24,8 @@
 //! - [`config`]: [`StoreConfig`], [`Durability`], fault injection.
 //! - [`error`]: the [`StoreError`] type.
 
+mod commit;
+mod compaction;
 pub mod config;
 mod definitions;
 pub mod error;
@@ -30,6 +35,7 @@ pub mod ranges;
 pub mod record;
 mod recovery;
 mod segment_reader;
+mod state;
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -56,6 +62,17 @@ pub struct Progress {
     pub failed: bool,
 }
 
+/// What a queue remembers of one of its messages between deliveries: how often it was
+/// delivered and given back, and when it may be delivered again. Messages that were never
+/// given back have no state (count 0, ready at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeliveryState {
+    /// How many times the message was delivered and then returned to the queue.
+    pub delivery_count: u32,
+    /// When it may be delivered again, in milliseconds since the Unix epoch (0: at once).
+    pub ready_at: u64,
+}
+
 /// A message read back with [`read_all`], with the queues that still reference it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveredMessage {
@@ -78,6 +95,9 @@ pub struct Recovered {
     /// Per queue, the highest sequence number it had delivered: its messages up to there
     /// may have reached a consumer and come back flagged redelivered.
     pub delivered: std::collections::HashMap<QueueId, Seq>,
+    /// Per queue, the delivery states recorded with [`Store::set_state`] for messages it
+    /// still references.
+    pub states: std::collections::HashMap<QueueId, std::collections::BTreeMap<Seq, DeliveryState>>,
 }
 
 /// Durable storage for messages and definitions. Implementations are internally
@@ -135,6 +155,12 @@ pub trait Store: Send + Sync {
     /// Notes that `queue` delivered `seq` to a consumer. Marks are coalesced (the highest
     /// per queue) and written with the next group commit; nobody waits for them.
     fn delivered(&self, queue: QueueId, seq: Seq);
+
+    /// Records `queue`'s delivery state of `seq` (a message it references), replacing any
+    /// earlier one, so that a restart brings it back in [`Recovered::states`]. Written with
+    /// the next group commit; nobody waits for it: a lost state means a lower delivery
+    /// count after a crash, never a lost message. Dropped with the reference.
+    fn set_state(&self, queue: QueueId, seq: Seq, state: DeliveryState);
 
     /// Replaces the saved definitions. Synchronous: durable when it returns.
     ///

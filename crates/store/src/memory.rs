@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::error::StoreError;
 use crate::ranges::RangeSet;
-use crate::{Lsn, Progress, QueueId, Recovered, Seq, Store};
+use crate::{DeliveryState, Lsn, Progress, QueueId, Recovered, Seq, Store};
 
 #[derive(Default)]
 struct State {
@@ -19,6 +19,8 @@ struct State {
     messages: BTreeMap<Seq, (Vec<QueueId>, Bytes)>,
     definitions: Option<Bytes>,
     delivered: std::collections::HashMap<QueueId, Seq>,
+    /// Delivery states of referenced messages, by queue and message.
+    states: BTreeMap<(QueueId, Seq), DeliveryState>,
     /// Spilled (transient) messages, which a restart does not bring back.
     spilled: std::collections::HashSet<Seq>,
     closed: bool,
@@ -54,7 +56,19 @@ impl MemoryStore {
                 queues.entry(*queue).or_default().insert(*seq);
             }
         }
-        Recovered { definitions: st.definitions.clone(), queues, delivered: st.delivered.clone() }
+        let mut states: std::collections::HashMap<QueueId, BTreeMap<Seq, DeliveryState>> =
+            Default::default();
+        for (&(queue, seq), state) in &st.states {
+            if !st.spilled.contains(&seq) {
+                states.entry(queue).or_default().insert(seq, *state);
+            }
+        }
+        Recovered {
+            definitions: st.definitions.clone(),
+            queues,
+            delivered: st.delivered.clone(),
+            states,
+        }
     }
 
     /// Reopens after a simulated clean restart: appends work again and
@@ -119,6 +133,7 @@ impl Store for MemoryStore {
             return Err(StoreError::Closed);
         }
         for seq in seqs {
+            st.states.remove(&(queue, *seq));
             if let Some((queues, _)) = st.messages.get_mut(seq) {
                 if let Some(i) = queues.iter().position(|q| *q == queue) {
                     queues.remove(i);
@@ -158,6 +173,13 @@ impl Store for MemoryStore {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mark = st.delivered.entry(queue).or_insert(seq);
         *mark = (*mark).max(seq);
+    }
+
+    fn set_state(&self, queue: QueueId, seq: Seq, state: DeliveryState) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.messages.get(&seq).is_some_and(|(queues, _)| queues.contains(&queue)) {
+            st.states.insert((queue, seq), state);
+        }
     }
 
     fn save_definitions(&self, data: &[u8]) -> Result<(), StoreError> {

@@ -9,13 +9,18 @@
 //! base    = 4 next_seq:u64                  (first record of every segment)
 //! spill   = 5 as publish                    (a transient message moved out of memory)
 //! release = 6 queue:u32 from:u64 to:u64     (an ack of every reference in from..=to)
+//! moved   = 7 flags:u8 seq:u64 count:u32 queue:u32×count payload…
+//!                                           (a message copied forward by compaction;
+//!                                            flags bit 0: transient, as a spill)
+//! state   = 8 queue:u32 seq:u64 delivery_count:u32 ready_at:u64
+//!                                           (a queue's delivery state of a message)
 //! ```
 //!
 //! A segment file starts with [`SEGMENT_MAGIC`]. Records never span segments.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::{QueueId, Seq};
+use crate::{DeliveryState, QueueId, Seq};
 
 /// The first 8 bytes of every segment file.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"PRJSEG01";
@@ -30,6 +35,8 @@ const KIND_DELIVERED: u8 = 3;
 const KIND_BASE: u8 = 4;
 const KIND_SPILL: u8 = 5;
 const KIND_RELEASE: u8 = 6;
+const KIND_MOVED: u8 = 7;
+const KIND_STATE: u8 = 8;
 
 /// A decoded record body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +89,27 @@ pub enum Record {
         /// The highest sequence number delivered.
         seq: Seq,
     },
+    /// A message compaction copied out of an older segment: from here on this is where
+    /// it is read, referenced by exactly `queues` (every earlier ack is already applied).
+    Moved {
+        /// Sequence number (the message's own, kept).
+        seq: Seq,
+        /// The queues that referenced it when it moved.
+        queues: Vec<QueueId>,
+        /// The payload.
+        payload: Bytes,
+        /// A spilled transient message, which recovery drops.
+        transient: bool,
+    },
+    /// A queue's delivery state of a message (the latest record wins).
+    State {
+        /// The queue.
+        queue: QueueId,
+        /// The message.
+        seq: Seq,
+        /// The state.
+        state: DeliveryState,
+    },
 }
 
 fn finish(buf: &mut BytesMut, start: usize) {
@@ -108,6 +136,48 @@ pub fn encode_publish(buf: &mut BytesMut, seq: Seq, queues: &[QueueId], payload:
 pub fn encode_spill(buf: &mut BytesMut, seq: Seq, queues: &[QueueId], payload: &[u8]) {
     encode_message(buf, KIND_SPILL, seq, queues, payload);
 }
+
+/// Appends a moved record (a publish's layout after a flags byte).
+pub fn encode_moved(
+    buf: &mut BytesMut,
+    seq: Seq,
+    queues: &[QueueId],
+    payload: &[u8],
+    transient: bool,
+) {
+    let start = buf.len();
+    buf.reserve(moved_len(queues.len(), payload.len()));
+    buf.put_u64(0);
+    buf.put_u8(KIND_MOVED);
+    buf.put_u8(u8::from(transient));
+    buf.put_u64(seq);
+    buf.put_u32(queues.len() as u32);
+    for q in queues {
+        buf.put_u32(*q);
+    }
+    buf.put_slice(payload);
+    finish(buf, start);
+}
+
+/// Bytes a moved record takes on disk.
+pub fn moved_len(queues: usize, payload: usize) -> usize {
+    publish_len(queues, payload) + 1
+}
+
+/// Appends a delivery-state record.
+pub fn encode_state(buf: &mut BytesMut, queue: QueueId, seq: Seq, state: DeliveryState) {
+    let start = buf.len();
+    buf.put_u64(0);
+    buf.put_u8(KIND_STATE);
+    buf.put_u32(queue);
+    buf.put_u64(seq);
+    buf.put_u32(state.delivery_count);
+    buf.put_u64(state.ready_at);
+    finish(buf, start);
+}
+
+/// Size of a delivery-state record on disk.
+pub const STATE_LEN: usize = HEADER_LEN + 25;
 
 /// Appends a release record.
 pub fn encode_release(buf: &mut BytesMut, queue: QueueId, from: Seq, to: Seq) {
@@ -178,7 +248,17 @@ pub const DELIVERED_LEN: usize = HEADER_LEN + 13;
 
 /// Whether `kind` is a record kind this version writes.
 pub fn is_known_kind(kind: u8) -> bool {
-    matches!(kind, KIND_PUBLISH | KIND_ACK | KIND_DELIVERED | KIND_BASE | KIND_SPILL | KIND_RELEASE)
+    matches!(
+        kind,
+        KIND_PUBLISH
+            | KIND_ACK
+            | KIND_DELIVERED
+            | KIND_BASE
+            | KIND_SPILL
+            | KIND_RELEASE
+            | KIND_MOVED
+            | KIND_STATE
+    )
 }
 
 /// Why bytes are not a record.
@@ -213,25 +293,30 @@ pub fn decode(data: &Bytes) -> Result<(Record, usize), Invalid> {
     let damaged = |what: &str| Invalid::Damaged(format!("malformed {what} record"));
     let record = match body[0] {
         kind @ (KIND_PUBLISH | KIND_SPILL) => {
-            if body.len() < PUBLISH_FIXED {
-                return Err(damaged("publish"));
-            }
-            let seq = u64::from_be_bytes(body[1..9].try_into().map_err(|_| damaged("publish"))?);
-            let count = u32::from_be_bytes([body[9], body[10], body[11], body[12]]) as usize;
-            let end = count.checked_mul(4).and_then(|n| n.checked_add(PUBLISH_FIXED));
-            let Some(end) = end.filter(|end| body.len() >= *end) else {
-                return Err(damaged("publish"));
-            };
-            let queues = body[PUBLISH_FIXED..end]
-                .chunks_exact(4)
-                .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            let payload = body.slice(end..);
+            let (seq, queues, payload) =
+                decode_message(&body, 1).ok_or_else(|| damaged("publish"))?;
             if kind == KIND_SPILL {
                 Record::Spill { seq, queues, payload }
             } else {
                 Record::Publish { seq, queues, payload }
             }
+        }
+        KIND_MOVED => {
+            let flags = *body.get(1).ok_or_else(|| damaged("moved"))?;
+            let (seq, queues, payload) =
+                decode_message(&body, 2).ok_or_else(|| damaged("moved"))?;
+            Record::Moved { seq, queues, payload, transient: flags & 1 != 0 }
+        }
+        KIND_STATE => {
+            if body.len() != 25 {
+                return Err(damaged("state"));
+            }
+            let queue = u32::from_be_bytes([body[1], body[2], body[3], body[4]]);
+            let seq = u64::from_be_bytes(body[5..13].try_into().map_err(|_| damaged("state"))?);
+            let delivery_count = u32::from_be_bytes([body[13], body[14], body[15], body[16]]);
+            let ready_at =
+                u64::from_be_bytes(body[17..25].try_into().map_err(|_| damaged("state"))?);
+            Record::State { queue, seq, state: DeliveryState { delivery_count, ready_at } }
         }
         KIND_ACK => {
             if body.len() < 9 {
@@ -277,6 +362,20 @@ pub fn decode(data: &Bytes) -> Result<(Record, usize), Invalid> {
     Ok((record, HEADER_LEN + len))
 }
 
+/// Decodes `seq count queue×count payload` starting at `at` in a record body.
+fn decode_message(body: &Bytes, at: usize) -> Option<(Seq, Vec<QueueId>, Bytes)> {
+    let fixed = body.get(at..at + 12)?;
+    let seq = u64::from_be_bytes(fixed[..8].try_into().ok()?);
+    let count = u32::from_be_bytes(fixed[8..12].try_into().ok()?) as usize;
+    let start = at + 12;
+    let end = count.checked_mul(4)?.checked_add(start).filter(|end| body.len() >= *end)?;
+    let queues = body[start..end]
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Some((seq, queues, body.slice(end..)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +394,18 @@ mod tests {
         let (second, m) = decode(&data.slice(n..)).unwrap();
         assert_eq!(second, Record::Ack { queue: 2, seqs: vec![7, 9] });
         assert_eq!(n + m, data.len());
+        let mut buf = BytesMut::new();
+        encode_moved(&mut buf, 3, &[4], b"moved", true);
+        let state = DeliveryState { delivery_count: 2, ready_at: 99 };
+        encode_state(&mut buf, 4, 3, state);
+        let data = buf.freeze();
+        let (moved, n) = decode(&data).unwrap();
+        assert_eq!(n, moved_len(1, 5));
+        let payload = Bytes::from_static(b"moved");
+        assert_eq!(moved, Record::Moved { seq: 3, queues: vec![4], payload, transient: true });
+        let (recorded, m) = decode(&data.slice(n..)).unwrap();
+        assert_eq!(m, STATE_LEN);
+        assert_eq!(recorded, Record::State { queue: 4, seq: 3, state });
     }
 
     #[test]

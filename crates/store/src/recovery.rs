@@ -9,19 +9,33 @@ use std::path::Path;
 use bytes::Bytes;
 
 use crate::error::StoreError;
-use crate::file::{INDEX_EVERY, SegmentId, io, segment_path};
+use crate::file::{io, segment_path};
 use crate::ranges::RangeSet;
 use crate::record::{self, Invalid, Record, SEGMENT_MAGIC};
-use crate::{QueueId, Seq};
+use crate::state::{INDEX_EVERY, SegmentId};
+use crate::{DeliveryState, QueueId, Seq};
+
+/// A segment as recovery found it.
+pub(crate) struct ScannedSegment {
+    pub(crate) id: SegmentId,
+    /// The first sequence number it published (or spilled), if any.
+    pub(crate) first_seq: Option<Seq>,
+    /// References its message records were written with.
+    pub(crate) held: u64,
+}
 
 pub(crate) struct Scan {
-    /// Segment ids in order, with the first sequence number each holds (if any).
-    pub(crate) segments: Vec<(SegmentId, Option<Seq>)>,
+    /// Segments in order.
+    pub(crate) segments: Vec<ScannedSegment>,
     /// Per queue, the messages it still references.
     pub(crate) refs: HashMap<QueueId, RangeSet>,
     /// Damaged byte ranges recovery was told to skip: (segment, from, to).
     pub(crate) damage: Vec<(SegmentId, u64, u64)>,
     pub(crate) delivered: HashMap<QueueId, Seq>,
+    /// Per queue, the latest delivery state of each message (referenced or not).
+    pub(crate) states: HashMap<QueueId, BTreeMap<Seq, DeliveryState>>,
+    /// Where the latest moved copy of each moved message is (referenced or not).
+    pub(crate) moved: BTreeMap<Seq, (SegmentId, u64)>,
     pub(crate) next_seq: Seq,
     /// The highest segment id found, damaged or not.
     pub(crate) highest_id: SegmentId,
@@ -92,6 +106,8 @@ pub(crate) fn recover(journal: &Path, skip_corrupt: bool) -> Result<Scan, StoreE
         refs: HashMap::new(),
         damage: Vec::new(),
         delivered: HashMap::new(),
+        states: HashMap::new(),
+        moved: BTreeMap::new(),
         next_seq: 1,
         highest_id: 0,
         last: None,
@@ -122,7 +138,7 @@ pub(crate) fn recover(journal: &Path, skip_corrupt: bool) -> Result<Scan, StoreE
             continue;
         }
         scan.highest_id = id;
-        let mut first_seq = None;
+        let mut segment = ScannedSegment { id, first_seq: None, held: 0 };
         let mut pos = SEGMENT_MAGIC.len();
         let mut has_base = false;
         let mut whole = true;
@@ -139,7 +155,10 @@ pub(crate) fn recover(journal: &Path, skip_corrupt: bool) -> Result<Scan, StoreE
                         scan.index.insert(seq, (id, pos as u64));
                         indexed_in_segment = true;
                     }
-                    apply(&mut scan, &mut first_seq, record);
+                    if let Record::Moved { seq, transient: false, .. } = record {
+                        scan.moved.insert(seq, (id, pos as u64));
+                    }
+                    apply(&mut scan, &mut segment, record);
                     pos += len;
                 }
                 Err(invalid) => {
@@ -179,18 +198,27 @@ pub(crate) fn recover(journal: &Path, skip_corrupt: bool) -> Result<Scan, StoreE
         if is_last && whole {
             scan.last = Some(LastSegment { id, len: data.len(), has_base });
         }
-        scan.segments.push((id, first_seq));
+        scan.segments.push(segment);
     }
     Ok(scan)
 }
 
-fn apply(scan: &mut Scan, first_seq: &mut Option<Seq>, record: Record) {
+fn apply(scan: &mut Scan, segment: &mut ScannedSegment, record: Record) {
     match record {
         Record::Publish { seq, queues, .. } => {
-            first_seq.get_or_insert(seq);
+            segment.first_seq.get_or_insert(seq);
+            segment.held += queues.len() as u64;
             scan.next_seq = scan.next_seq.max(seq + 1);
             for queue in queues {
                 scan.refs.entry(queue).or_default().insert(seq);
+            }
+        }
+        Record::Moved { seq, queues, transient, .. } => {
+            segment.held += queues.len() as u64;
+            if !transient {
+                for queue in queues {
+                    scan.refs.entry(queue).or_default().insert(seq);
+                }
             }
         }
         Record::Ack { queue, seqs } => {
@@ -200,8 +228,9 @@ fn apply(scan: &mut Scan, first_seq: &mut Option<Seq>, record: Record) {
                 }
             }
         }
-        Record::Spill { seq, .. } => {
-            first_seq.get_or_insert(seq);
+        Record::Spill { seq, queues, .. } => {
+            segment.first_seq.get_or_insert(seq);
+            segment.held += queues.len() as u64;
             scan.next_seq = scan.next_seq.max(seq + 1);
         }
         Record::Release { queue, from, to } => {
@@ -213,6 +242,9 @@ fn apply(scan: &mut Scan, first_seq: &mut Option<Seq>, record: Record) {
         Record::Delivered { queue, seq } => {
             let mark = scan.delivered.entry(queue).or_insert(seq);
             *mark = (*mark).max(seq);
+        }
+        Record::State { queue, seq, state } => {
+            scan.states.entry(queue).or_default().insert(seq, state);
         }
     }
 }

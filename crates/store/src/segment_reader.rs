@@ -11,6 +11,8 @@ use crate::record::{self, Record};
 
 /// How much of a segment a read fetches per system call.
 const READ_CHUNK: usize = 256 * 1024;
+/// The same, for readers of a few records.
+const SMALL_READ_CHUNK: usize = 16 * 1024;
 
 /// Reads a segment's records sequentially from an offset, a chunk at a time.
 pub(crate) struct SegmentReader {
@@ -22,6 +24,8 @@ pub(crate) struct SegmentReader {
     start: usize,
     /// Damaged byte ranges to jump over.
     skips: Vec<(u64, u64)>,
+    /// Bytes read ahead per system call.
+    chunk: usize,
 }
 
 impl SegmentReader {
@@ -31,6 +35,24 @@ impl SegmentReader {
         offset: u64,
         skips: Vec<(u64, u64)>,
     ) -> Result<Option<SegmentReader>, StoreError> {
+        SegmentReader::with_chunk(path, offset, skips, READ_CHUNK)
+    }
+
+    /// Like [`SegmentReader::open`], for a few records: a small read-ahead.
+    pub(crate) fn open_small(
+        path: &Path,
+        offset: u64,
+        skips: Vec<(u64, u64)>,
+    ) -> Result<Option<SegmentReader>, StoreError> {
+        SegmentReader::with_chunk(path, offset, skips, SMALL_READ_CHUNK)
+    }
+
+    fn with_chunk(
+        path: &Path,
+        offset: u64,
+        skips: Vec<(u64, u64)>,
+        chunk: usize,
+    ) -> Result<Option<SegmentReader>, StoreError> {
         match File::open(path) {
             Ok(file) => Ok(Some(SegmentReader {
                 file,
@@ -39,10 +61,16 @@ impl SegmentReader {
                 buf: Vec::new(),
                 start: 0,
                 skips,
+                chunk,
             })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::Io { op: "opening", path: path.to_path_buf(), source: e }),
         }
+    }
+
+    /// The file offset of the next record.
+    pub(crate) fn position(&self) -> u64 {
+        self.pos
     }
 
     fn buffered(&self) -> &[u8] {
@@ -59,7 +87,7 @@ impl SegmentReader {
         self.start = 0;
         while self.buf.len() < n {
             let have = self.buf.len();
-            self.buf.resize(have + (n - have).max(READ_CHUNK), 0);
+            self.buf.resize(have + (n - have).max(self.chunk), 0);
             let got = self
                 .file
                 .read_at(&mut self.buf[have..], self.pos + have as u64)

@@ -19,8 +19,8 @@ use std::time::Duration;
 use common::{Model, payload, small_segments, wait_durable, with_sorted_queues};
 use postroom_store::read_all;
 use postroom_store::{
-    Durability, FileStore, Lsn, MemoryStore, QueueId, RecoveredMessage, Seq, Store, StoreConfig,
-    StoreError,
+    DeliveryState, Durability, FileStore, Lsn, MemoryStore, QueueId, RecoveredMessage, Seq, Store,
+    StoreConfig, StoreError,
 };
 use tempfile::TempDir;
 
@@ -35,6 +35,7 @@ enum Backend {
 struct Reopened {
     messages: Vec<RecoveredMessage>,
     delivered: HashMap<QueueId, Seq>,
+    states: HashMap<QueueId, std::collections::BTreeMap<Seq, DeliveryState>>,
     definitions: Option<Bytes>,
 }
 
@@ -95,7 +96,12 @@ impl Subject {
         }
         let recovered = self.store().take_recovered();
         let messages = read_all(self.store(), &recovered).expect("reading recovered messages back");
-        Reopened { messages, delivered: recovered.delivered, definitions: recovered.definitions }
+        Reopened {
+            messages,
+            delivered: recovered.delivered,
+            states: recovered.states,
+            definitions: recovered.definitions,
+        }
     }
 }
 
@@ -394,6 +400,34 @@ conformance! {
         assert_eq!(recovered.messages, s.expected());
         let found = recovered.messages.iter().find(|m| m.seq == seq).expect("the large message");
         assert!(found.payload == large, "the 1 MiB payload came back different");
+    }
+
+    /// Delivery states are recovered for referenced messages, the latest one per queue and
+    /// message; an ack drops them, and a state for a message the queue does not reference
+    /// is ignored.
+    fn delivery_states_survive_a_reopen_until_the_message_is_acked(s) {
+        let seqs = append_many(s, 1, 4);
+        let shared = s.append(&[1, 2], b"shared");
+        let early = DeliveryState { delivery_count: 1, ready_at: 0 };
+        let late = DeliveryState { delivery_count: 2, ready_at: 1_700_000_000_000 };
+        s.store().set_state(1, seqs[0], early);
+        s.store().set_state(1, seqs[0], late);
+        s.store().set_state(1, seqs[1], early);
+        s.store().set_state(1, seqs[2], early);
+        s.store().set_state(2, shared.0, late);
+        s.store().set_state(2, seqs[3], early);
+        s.ack(1, &[seqs[2]]);
+        let recovered = s.reopen();
+        let expected = HashMap::from([
+            (1, [(seqs[0], late), (seqs[1], early)].into_iter().collect()),
+            (2, [(shared.0, late)].into_iter().collect()),
+        ]);
+        assert_eq!(recovered.states, expected);
+        s.ack(1, &[seqs[0]]);
+        s.ack(2, &[shared.0]);
+        let recovered = s.reopen();
+        let expected = HashMap::from([(1, [(seqs[1], early)].into_iter().collect())]);
+        assert_eq!(recovered.states, expected);
     }
 
     /// Delivered marks keep the highest seq per queue and are recovered after a reopen.

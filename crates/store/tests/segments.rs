@@ -1,10 +1,10 @@
 //! [`FileStore`] segments: a small `segment_size` splits the journal into several
 //! `<dir>/journal/*.seg` files, and segments whose messages are all acked are deleted.
 //!
-//! Current behaviour, pinned down here: deletion is head-first. A segment is deleted only
-//! once it and every older segment hold no unacked message, so one straggler in the oldest
-//! segment keeps every later segment on disk however dead they are (a space cost, never a
-//! correctness one: an ack record can only refer to messages in its own or older segments).
+//! Deletion is head-first: a segment is deleted once it and every older segment hold no
+//! unacked message (an ack record can only refer to messages in its own or older segments).
+//! A head kept alive by a few stragglers is compacted: they are copied forward into the
+//! active segment, and the head is deleted.
 
 mod common;
 
@@ -15,7 +15,7 @@ use common::{
     small_segments, wait_durable,
 };
 use postroom_store::record::SEGMENT_MAGIC;
-use postroom_store::{Durability, FileStore, QueueId, Seq, Store, StoreConfig};
+use postroom_store::{DeliveryState, Durability, FileStore, QueueId, Seq, Store, StoreConfig};
 use tempfile::TempDir;
 
 /// A queue used only by [`Fixture::settle`]'s barrier messages.
@@ -135,29 +135,165 @@ fn segments_whose_messages_are_all_acked_are_deleted_oldest_first() {
 }
 
 #[test]
-fn a_straggler_in_the_head_segment_keeps_it_and_every_later_segment() {
+fn a_straggler_in_the_head_segment_is_moved_forward_and_the_dead_segments_deleted() {
     let mut f = Fixture::new();
-    f.fill(&[1], 300);
+    let seqs = f.fill(&[1], 300);
     let layout = f.layout();
     let paths: Vec<PathBuf> = layout.iter().map(|(path, _)| path.clone()).collect();
-    let (straggler, head_rest) = layout[0].1.split_last().expect("a message in the head");
+    let (&straggler, head_rest) = layout[0].1.split_last().expect("a message in the head");
     f.ack(1, head_rest);
     f.ack(1, &layout[1].1);
     f.ack(1, &layout[2].1);
-    f.settle();
-    assert!(paths.iter().all(|path| path.exists()), "{:?}", exists(&paths));
-
-    // Recovery does not change that: the head is still live after a reopen.
-    f.reopen();
-    f.settle();
-    assert!(paths.iter().all(|path| path.exists()), "{:?}", exists(&paths));
-
-    f.ack(1, &[*straggler]);
     poll_until("the three oldest segments to be deleted", || {
         paths[..3].iter().all(|path| !path.exists())
     });
     f.settle();
     assert!(paths[3..].iter().all(|path| path.exists()), "{:?}", exists(&paths));
+
+    // The straggler is read from its copy, in order with the rest of its queue.
+    let read = f.store.read(1, 0, 5, usize::MAX).expect("read");
+    let expected: Vec<Seq> = std::iter::once(straggler)
+        .chain(seqs.iter().copied().filter(|seq| *seq > layout[2].1[layout[2].1.len() - 1]))
+        .take(5)
+        .collect();
+    assert_eq!(read.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), expected);
+    let index = seqs.iter().position(|seq| *seq == straggler).expect("straggler");
+    assert_eq!(read[0].1, payload(index as u64, 1024));
+
+    f.reopen();
+    f.ack(1, &[straggler]);
+    f.settle();
+    f.reopen();
+}
+
+#[test]
+fn a_repeated_ack_does_not_release_a_straggler_that_compaction_moved() {
+    let mut f = Fixture::new();
+    f.fill(&[1], 300);
+    let layout = f.layout();
+    let head = layout[0].0.clone();
+    let (_, head_rest) = layout[0].1.split_last().expect("a message in the head");
+    f.ack(1, head_rest);
+    // A consumer's duplicate ack (e.g. after a redelivery) of the one message acked last.
+    f.ack(1, &[head_rest[head_rest.len() - 1]]);
+    poll_until("the head segment to be compacted", || !head.exists());
+    f.settle();
+    f.reopen();
+}
+
+/// What a compaction rewrites besides the message: the delivered mark and delivery state
+/// that were written in the deleted segment.
+#[test]
+fn compaction_keeps_delivered_marks_and_delivery_states_of_moved_messages() {
+    let mut f = Fixture::new();
+    let first = f.fill(&[1, 2], 40);
+    let straggler = first[0];
+    let state = DeliveryState { delivery_count: 3, ready_at: 12_345 };
+    f.store.delivered(1, first[39]);
+    f.store.set_state(1, straggler, state);
+    f.store.set_state(2, straggler, DeliveryState { delivery_count: 1, ready_at: 0 });
+    f.fill(&[1, 2], 260);
+    let layout = f.layout();
+    let head = layout[0].0.clone();
+    assert!(layout[0].1.contains(&straggler));
+    f.ack(2, &[straggler]);
+    for (_, in_segment) in &layout[..2] {
+        let rest: Vec<Seq> = in_segment.iter().copied().filter(|s| *s != straggler).collect();
+        f.ack(1, &rest);
+        f.ack(2, &rest);
+    }
+    poll_until("the head segment to be compacted", || !head.exists());
+    f.settle();
+    f.store.close().expect("close");
+    f.store = FileStore::open(f.dir(), f.config.clone()).expect("reopen");
+    let recovered = f.store.take_recovered();
+    assert_eq!(recovered.delivered.get(&1), Some(&first[39]));
+    assert_eq!(recovered.states.get(&1).and_then(|s| s.get(&straggler)), Some(&state));
+    assert!(recovered.states.get(&2).is_none_or(|s| s.is_empty()), "queue 2 acked it");
+    assert_eq!(postroom_store::read_all(&f.store, &recovered).expect("read"), f.model.messages());
+}
+
+/// A crash after the moved copies are synced but before the old segment is deleted leaves
+/// both on disk: recovery must come to the same messages.
+#[test]
+fn a_compacted_segment_left_on_disk_by_a_crash_changes_nothing() {
+    let mut f = Fixture::new();
+    f.fill(&[1, 2], 300);
+    let layout = f.layout();
+    let head = layout[0].0.clone();
+    let saved = std::fs::read(&head).expect("reading the head");
+    let stragglers = [layout[0].1[3], layout[0].1[7]];
+    let rest: Vec<Seq> = layout[0].1.iter().copied().filter(|s| !stragglers.contains(s)).collect();
+    f.ack(1, &rest);
+    f.ack(2, &rest);
+    f.ack(2, &stragglers[..1]);
+    poll_until("the head segment to be compacted", || !head.exists());
+    // After the move: queue 1 acks one straggler, queue 2 the other.
+    f.ack(1, &stragglers[..1]);
+    f.ack(2, &stragglers[1..]);
+    f.settle();
+    f.store.close().expect("close");
+    std::fs::write(&head, &saved).expect("restoring the head");
+    f.store = FileStore::open(f.dir(), f.config.clone()).expect("reopen");
+    assert_eq!(recovered_messages(&f.store), f.model.messages());
+    f.settle();
+    assert!(!head.exists(), "the restored head holds nothing live and is deleted again");
+    f.reopen();
+}
+
+/// Regression: releasing a range that starts with a moved message (in a deleted segment)
+/// must still release the references in the segments after it.
+#[test]
+fn a_purge_over_moved_messages_frees_the_later_segments() {
+    let mut f = Fixture::new();
+    let seqs = f.fill(&[1], 300);
+    let layout = f.layout();
+    let head = layout[0].0.clone();
+    let (_, head_rest) = layout[0].1.split_last().expect("a message in the head");
+    f.ack(1, head_rest);
+    poll_until("the head segment to be compacted", || !head.exists());
+    assert_eq!(f.store.release_from(1, 0).expect("purge"), 300 - head_rest.len() as u64);
+    f.model.ack(1, &seqs);
+    let paths: Vec<PathBuf> = layout[..layout.len() - 1].iter().map(|(p, _)| p.clone()).collect();
+    poll_until("every segment before the active one to be deleted", || {
+        paths.iter().all(|path| !path.exists())
+    });
+    f.settle();
+    f.reopen();
+}
+
+/// A message that stays unacked through several compactions moves each time and is still
+/// read back and recovered.
+#[test]
+fn a_long_lived_message_survives_repeated_compactions() {
+    let mut f = Fixture::new();
+    let old = f.fill(&[1], 1)[0];
+    for round in 0..5 {
+        let seqs = f.fill(&[2], 150);
+        f.ack(2, &seqs);
+        f.settle();
+        if round % 2 == 1 {
+            f.reopen();
+        }
+    }
+    poll_until("the dead segments to be compacted away", || segment_files(f.dir()).len() <= 3);
+    let read = f.store.read(1, 0, 10, usize::MAX).expect("read");
+    assert_eq!(read, vec![(old, bytes::Bytes::from(payload(0, 1024)))]);
+    f.reopen();
+}
+
+/// A spilled (transient) straggler moves too: readable until acked, dropped by recovery.
+#[test]
+fn a_spilled_straggler_is_moved_and_still_dropped_by_recovery() {
+    let mut f = Fixture::new();
+    let spilled = f.store.spill(&[7], b"transient").expect("spill");
+    let seqs = f.fill(&[1], 300);
+    let layout = f.layout();
+    let head = layout[0].0.clone();
+    f.ack(1, &seqs);
+    poll_until("the head segment to be compacted", || !head.exists());
+    let read = f.store.read(7, 0, 10, usize::MAX).expect("read");
+    assert_eq!(read, vec![(spilled, bytes::Bytes::from_static(b"transient"))]);
     f.reopen();
 }
 
@@ -208,21 +344,6 @@ fn a_dead_active_segment_stays_active_after_a_reopen_and_seqs_continue() {
     assert_eq!(segment_files(f.dir()), paths);
     let next = f.fill(&[1], 1);
     assert!(next[0] > *seqs.last().expect("seqs"), "sequence numbers are never reused");
-}
-
-#[test]
-fn a_repeated_ack_does_not_delete_a_segment_that_still_holds_a_message() {
-    let mut f = Fixture::new();
-    f.fill(&[1], 300);
-    let layout = f.layout();
-    let head = layout[0].0.clone();
-    let (straggler, head_rest) = layout[0].1.split_last().expect("a message in the head");
-    f.ack(1, head_rest);
-    // A consumer's duplicate ack (e.g. after a redelivery) of the one message acked last.
-    f.ack(1, &[head_rest[head_rest.len() - 1]]);
-    f.settle();
-    assert!(head.exists(), "the head segment was deleted while message {straggler} is unacked");
-    f.reopen();
 }
 
 /// Regression (review): recovery indexed only a segment's first record if it was a

@@ -109,6 +109,11 @@ impl Model {
         match record {
             Record::Publish { seq, queues, payload } => self.publish(*seq, queues, payload),
             Record::Ack { queue, seqs } => self.ack(*queue, seqs),
+            // A moved copy lists exactly the queues that referenced the message then.
+            Record::Moved { seq, queues, payload, transient: false } => {
+                self.messages.remove(seq);
+                self.publish(*seq, queues, payload);
+            }
             // Delivered marks flag redeliveries; they never change which messages exist.
             _ => {}
         }
