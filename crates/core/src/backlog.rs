@@ -39,6 +39,9 @@ struct Cold {
 pub struct Backlog {
     hot: VecDeque<QueuedMessage>,
     hot_bytes: usize,
+    /// Body bytes of every ready message, for `x-max-length-bytes` (those recovered after
+    /// a restart are not counted: their sizes are only known once read back).
+    body_bytes: u64,
     cold: Option<Cold>,
     /// A refill found cold messages not yet written by the store; retry when it has.
     waiting_for_store: bool,
@@ -65,6 +68,11 @@ impl Backlog {
         self.len() == 0
     }
 
+    /// Body bytes of the ready messages (see the field's caveat after a restart).
+    pub fn body_bytes(&self) -> u64 {
+        self.body_bytes
+    }
+
     /// Messages held in memory.
     pub fn in_memory(&self) -> usize {
         self.hot.len()
@@ -87,6 +95,7 @@ impl Backlog {
         store: &dyn Store,
         limit: usize,
     ) {
+        self.body_bytes += entry.message.body.len() as u64;
         let Some(queue_id) = store_id else { return self.push_hot(entry) };
         if self.cold.is_none() && self.hot_bytes + charge(&entry) <= limit {
             return self.push_hot(entry);
@@ -144,6 +153,7 @@ impl Backlog {
         }
         let entry = self.hot.pop_front()?;
         self.hot_bytes = self.hot_bytes.saturating_sub(charge(&entry));
+        self.body_bytes = self.body_bytes.saturating_sub(entry.message.body.len() as u64);
         Some(entry)
     }
 
@@ -202,6 +212,7 @@ impl Backlog {
                 store.set_state(queue, seq, state);
             }
             self.hot_bytes += charge(&message);
+            self.body_bytes += message.message.body.len() as u64;
             self.hot.push_front(message);
         }
     }
@@ -213,6 +224,7 @@ impl Backlog {
         let count = self.len();
         let stored = self.hot.drain(..).filter_map(|m| m.stored).collect();
         self.hot_bytes = 0;
+        self.body_bytes = 0;
         self.waiting_for_store = false;
         (count, stored, self.cold.take().map(|c| c.from))
     }

@@ -6,6 +6,7 @@ use crate::ConnectionId;
 use crate::broker::Broker;
 use crate::error::{BrokerError, Result};
 use crate::exchange::{self, Binding, Destination, Exchange, ExchangeKind};
+use crate::policy::QueuePolicy;
 use crate::queue::{EQUIVALENCE_ARGUMENTS, Queue};
 use crate::session::{ChannelKey, Outbound};
 
@@ -328,6 +329,7 @@ impl Broker {
             )));
         }
         let owner = spec.exclusive.then_some(connection);
+        QueuePolicy::from_arguments(&spec.arguments, &name, &vhost_name)?;
         let mut queue =
             Queue::new(name.clone(), spec.durable, owner, spec.auto_delete, spec.arguments);
         queue.incarnation = self.unique_id();

@@ -3,12 +3,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use postroom_amqp::{BasicProperties, ShortStr};
+use postroom_amqp::{BasicProperties, FieldTable, FieldValue, ShortStr};
 
 use crate::ConnectionId;
 use crate::broker::Broker;
 use crate::error::{BrokerError, Result};
 use crate::message::{Message, QueuedMessage};
+use crate::policy::{DELIVERY_COUNT_HEADER, DeadLetterReason, Overflow};
 use crate::queue::{Consumer, Queue};
 use crate::session::{ChannelKey, ConnectionState, Outbound, Unacked};
 use postroom_store::{Lsn, QueueId, Seq, Store};
@@ -33,12 +34,24 @@ pub struct Published {
     /// The store position that must be durable before the publish may be confirmed;
     /// `None` when nothing was persisted (a transient message, or no durable queue).
     pub durable_at: Option<Lsn>,
+    /// A queue it reached refused it for its length limit (`x-overflow` =
+    /// `reject-publish` or `reject-publish-dlx`): the publisher gets `basic.nack`.
+    pub rejected: bool,
 }
 
 impl Published {
     fn transient(route: RouteResult) -> Published {
-        Published { route, durable_at: None }
+        Published { route, durable_at: None, rejected: false }
     }
+}
+
+/// What [`Broker::enqueue`] did.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Enqueued {
+    /// The store position to wait for, if the message was persisted.
+    pub(crate) durable_at: Option<Lsn>,
+    /// Whether a queue refused it for its length limit.
+    pub(crate) rejected: bool,
 }
 
 /// How deliveries are settled.
@@ -121,7 +134,7 @@ fn dispatch(
             consumer_tag: consumer.tag.clone(),
             delivery_tag,
             redelivered: message.redelivered,
-            message: message.message.clone(),
+            message: as_delivered(&message),
         };
         if let (Some(id), Some(seq)) = (queue.store_id, message.stored) {
             if consumer.no_ack {
@@ -233,11 +246,51 @@ impl Broker {
         if targets.is_empty() {
             return Ok(Published::transient(RouteResult::Unroutable));
         }
+        let enqueued = self.enqueue(&vhost_name, message, &targets)?;
+        Ok(Published {
+            route: RouteResult::Routed(targets.len()),
+            durable_at: enqueued.durable_at,
+            rejected: enqueued.rejected,
+        })
+    }
+
+    /// Enqueues a routed message on `targets` (queues of `vhost`): written once to the store
+    /// for the durable ones if it is persistent, subject to each queue's length limit, then
+    /// delivered to consumers that can take it.
+    ///
+    /// # Errors
+    /// `StoreFailed` if the store refuses the append (nothing is enqueued then).
+    pub(crate) fn enqueue(
+        &mut self,
+        vhost_name: &str,
+        message: Message,
+        targets: &[ShortStr],
+    ) -> Result<Enqueued> {
+        let Some(vhost) = self.vhosts.get_mut(vhost_name) else { return Ok(Enqueued::default()) };
+        let size = message.size() as u64;
+        // Queues full under a reject-publish overflow refuse it before anything is stored.
+        let mut accepted: Vec<&ShortStr> = Vec::with_capacity(targets.len());
+        let mut refused_dlx: Vec<ShortStr> = Vec::new();
+        let mut rejected = false;
+        for name in targets {
+            let Some(queue) = vhost.queues.get(name) else { continue };
+            let policy = &queue.policy;
+            let full = policy.overflow != Overflow::DropHead
+                && policy.over_limit(queue.ready.len() + 1, queue.ready.body_bytes() + size);
+            if !full {
+                accepted.push(name);
+                continue;
+            }
+            rejected = true;
+            if policy.overflow == Overflow::RejectPublishDlx {
+                refused_dlx.push(name.clone());
+            }
+        }
         // A persistent message is written once, referenced by every durable queue it reached.
         let mut stored_in: Vec<QueueId> = Vec::new();
         if message.is_persistent() {
-            stored_in.extend(targets.iter().filter_map(|name| {
-                vhost.queues.get(name).filter(|q| q.persists_messages()).and_then(|q| q.store_id)
+            stored_in.extend(accepted.iter().filter_map(|name| {
+                vhost.queues.get(*name).filter(|q| q.persists_messages()).and_then(|q| q.store_id)
             }));
         }
         let stored = if stored_in.is_empty() {
@@ -247,23 +300,38 @@ impl Broker {
             Some(appended.map_err(|e| BrokerError::StoreFailed(e.to_string()))?)
         };
         let message = Arc::new(message);
-        for name in &targets {
-            if let Some(queue) = vhost.queues.get_mut(name) {
-                let mut entry = QueuedMessage::new(message.clone());
-                if queue.persists_messages() {
-                    entry.stored = stored.map(|(seq, _)| seq);
-                }
-                queue.ready.push(entry, queue.store_id, &*self.store, self.queue_memory_limit);
-                dispatch(queue, &mut self.connections, &*self.store);
-                if queue.ready.waiting_for_store() {
-                    self.waiting.insert((vhost_name.clone(), queue.name.clone()));
+        let mut dropped: Vec<(ShortStr, Vec<QueuedMessage>)> = Vec::new();
+        for name in accepted {
+            let Some(queue) = vhost.queues.get_mut(name) else { continue };
+            let mut entry = QueuedMessage::new(message.clone());
+            if queue.persists_messages() {
+                entry.stored = stored.map(|(seq, _)| seq);
+            }
+            queue.ready.push(entry, queue.store_id, &*self.store, self.queue_memory_limit);
+            // drop-head: the oldest messages make room (dead-lettered as `maxlen`).
+            let mut heads = Vec::new();
+            while queue.policy.over_limit(queue.ready.len(), queue.ready.body_bytes()) {
+                match queue.pop(&*self.store) {
+                    Some(head) => heads.push(head),
+                    None => break,
                 }
             }
+            if !heads.is_empty() {
+                dropped.push((queue.name.clone(), heads));
+            }
+            dispatch(queue, &mut self.connections, &*self.store);
+            if queue.ready.waiting_for_store() {
+                self.waiting.insert((vhost_name.into(), queue.name.clone()));
+            }
         }
-        Ok(Published {
-            route: RouteResult::Routed(targets.len()),
-            durable_at: stored.map(|(_, lsn)| lsn),
-        })
+        for (queue, heads) in dropped {
+            self.dead_letter(vhost_name, &queue, heads, DeadLetterReason::MaxLength);
+        }
+        for queue in refused_dlx {
+            let entry = QueuedMessage::new(message.clone());
+            self.dead_letter(vhost_name, &queue, vec![entry], DeadLetterReason::MaxLength);
+        }
+        Ok(Enqueued { durable_at: stored.map(|(_, lsn)| lsn), rejected })
     }
 
     /// Delivers a reply addressed `amq.rabbitmq.reply-to.<connection>.<channel>.<secret>`
@@ -452,7 +520,7 @@ impl Broker {
             delivery_tag,
             redelivered: message.redelivered,
             delivery_count: message.delivery_count,
-            message: message.message.clone(),
+            message: as_delivered(&message),
             message_count,
         };
         if !no_ack {
@@ -497,7 +565,11 @@ impl Broker {
             }
         }
         match how {
-            Settlement::Ack | Settlement::Discard => self.release(&vhost, &settled),
+            Settlement::Ack => self.release(&vhost, &settled),
+            Settlement::Discard => {
+                let unacked = settled.into_iter().map(|(_, u)| u);
+                self.give_up(&vhost, unacked, DeadLetterReason::Rejected);
+            }
             Settlement::Requeue => self.requeue(&vhost, settled.into_iter().map(|(_, u)| u)),
         }
         // Channel-wide credit goes round the channel's queues first, so the queue that was
@@ -601,24 +673,69 @@ impl Broker {
     }
 
     /// Returns unacked messages to their queues (at the head, in their original order,
-    /// flagged redelivered) and delivers what consumers can take.
+    /// flagged redelivered) and delivers what consumers can take. A message returned more
+    /// often than its queue's `x-delivery-limit` allows is dead-lettered instead.
     pub(crate) fn requeue(&mut self, vhost: &str, unacked: impl Iterator<Item = Unacked>) {
-        let mut by_queue: Vec<(ShortStr, u64, Vec<QueuedMessage>)> = Vec::new();
-        for u in unacked {
-            match by_queue.iter_mut().find(|(q, i, _)| *q == u.queue && *i == u.incarnation) {
-                Some((_, _, messages)) => messages.push(u.message),
-                None => by_queue.push((u.queue, u.incarnation, vec![u.message])),
-            }
-        }
-        for (queue, incarnation, messages) in by_queue {
+        for (queue, incarnation, messages) in by_queue(unacked) {
             // A queue deleted meanwhile took its messages with it (as in RabbitMQ), even
             // if a new queue has the same name.
             let queue = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(&queue));
-            if let Some(q) = queue.filter(|q| q.incarnation == incarnation) {
-                q.requeue(messages.into_iter(), &*self.store);
-                let name = q.name.clone();
-                self.dispatch(vhost, &name);
+            let Some(q) = queue.filter(|q| q.incarnation == incarnation) else { continue };
+            let limit = q.policy.delivery_limit;
+            let (over, back): (Vec<_>, Vec<_>) = messages
+                .into_iter()
+                .partition(|m| limit.is_some_and(|limit| m.delivery_count >= limit));
+            q.requeue(back.into_iter(), &*self.store);
+            let name = q.name.clone();
+            if !over.is_empty() {
+                self.dead_letter(vhost, &name, over, DeadLetterReason::DeliveryLimit);
+            }
+            self.dispatch(vhost, &name);
+        }
+    }
+
+    /// Takes settled messages out of their queues for good: dead-lettered for `reason` if
+    /// the queue has a dead-letter exchange, released otherwise.
+    fn give_up(
+        &mut self,
+        vhost: &str,
+        unacked: impl Iterator<Item = Unacked>,
+        reason: DeadLetterReason,
+    ) {
+        for (queue, incarnation, messages) in by_queue(unacked) {
+            let alive = self
+                .vhosts
+                .get(vhost)
+                .and_then(|v| v.queues.get(&queue))
+                .is_some_and(|q| q.incarnation == incarnation);
+            if alive {
+                self.dead_letter(vhost, &queue, messages, reason);
             }
         }
     }
+}
+
+/// Groups unacked messages by the queue (and queue incarnation) they came from, keeping
+/// their order.
+fn by_queue(unacked: impl Iterator<Item = Unacked>) -> Vec<(ShortStr, u64, Vec<QueuedMessage>)> {
+    let mut groups: Vec<(ShortStr, u64, Vec<QueuedMessage>)> = Vec::new();
+    for u in unacked {
+        match groups.iter_mut().find(|(q, i, _)| *q == u.queue && *i == u.incarnation) {
+            Some((_, _, messages)) => messages.push(u.message),
+            None => groups.push((u.queue, u.incarnation, vec![u.message])),
+        }
+    }
+    groups
+}
+
+/// The message as delivered: one returned before carries `x-delivery-count`, as RabbitMQ's
+/// quorum queues send it.
+fn as_delivered(entry: &QueuedMessage) -> Arc<Message> {
+    if entry.delivery_count == 0 {
+        return entry.message.clone();
+    }
+    let mut properties = entry.message.properties();
+    let headers = properties.headers.get_or_insert_with(FieldTable::new);
+    headers.insert(DELIVERY_COUNT_HEADER, FieldValue::I64(i64::from(entry.delivery_count)));
+    Arc::new(entry.message.with_properties(properties))
 }

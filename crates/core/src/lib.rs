@@ -12,6 +12,8 @@
 //! - [`delivery`]: publish, consume, get, ack/nack/reject, recover, dispatch.
 //! - [`exchange`]: exchanges and bindings; one file per exchange type.
 //! - [`queue`]: queues and consumers.
+//! - [`policy`]: what queue arguments ask for (dead-lettering, limits), validated.
+//! - `deadletter`: republishing to a dead-letter exchange with `x-death`.
 //! - [`backlog`]: a queue's ready messages, in memory up to a limit, then in the store.
 //! - [`session`]: channel delivery state, [`Outlet`] and [`Outbound`] events.
 //! - [`vhost`]: virtual hosts and routing across exchanges.
@@ -21,12 +23,14 @@
 
 pub mod backlog;
 pub mod broker;
+mod deadletter;
 pub mod definitions;
 pub mod delivery;
 pub mod error;
 pub mod exchange;
 pub mod message;
 pub mod persist;
+pub mod policy;
 pub mod queue;
 pub mod session;
 pub mod vhost;

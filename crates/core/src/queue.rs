@@ -7,6 +7,7 @@ use postroom_amqp::{FieldTable, ShortStr};
 use postroom_store::{QueueId, Store};
 
 use crate::backlog::Backlog;
+use crate::policy::QueuePolicy;
 
 use crate::ConnectionId;
 use crate::message::QueuedMessage;
@@ -59,6 +60,8 @@ pub struct Queue {
     pub auto_delete: bool,
     /// Declare arguments.
     pub arguments: FieldTable,
+    /// The behaviour its arguments ask for.
+    pub policy: QueuePolicy,
     /// Messages ready for delivery, oldest first, in memory or in the store.
     pub ready: Backlog,
     /// Consumers, in the order they subscribed.
@@ -83,11 +86,13 @@ impl Queue {
         auto_delete: bool,
         arguments: FieldTable,
     ) -> Queue {
+        let policy = QueuePolicy::from_arguments(&arguments, &name, "/").unwrap_or_default();
         Queue {
             name,
             durable,
             exclusive_owner,
             auto_delete,
+            policy,
             arguments,
             ready: Backlog::default(),
             consumers: Vec::new(),

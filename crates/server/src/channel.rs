@@ -47,6 +47,8 @@ struct Pending {
 enum Waiting {
     /// `basic.ack` for this publish sequence number.
     Ack(u64),
+    /// `basic.nack` for it: a queue refused the message (`x-overflow` reject-publish).
+    Nack(u64),
     /// `tx.commit-ok`.
     CommitOk,
 }
@@ -244,7 +246,12 @@ impl Channel {
         *seq += 1;
         let seq = *seq;
         match published {
-            Ok(durable_at) => self.confirm_when(ctx, durable_at.unwrap_or(0), Waiting::Ack(seq)),
+            Ok((durable_at, false)) => {
+                self.confirm_when(ctx, durable_at.unwrap_or(0), Waiting::Ack(seq))
+            }
+            Ok((durable_at, true)) => {
+                self.confirm_when(ctx, durable_at.unwrap_or(0), Waiting::Nack(seq))
+            }
             // The message is not stored: say so, as the confirm contract asks.
             Err(BrokerError::StoreFailed(_)) => {
                 self.flush_confirms(ctx, *ctx.progress.borrow())?;
@@ -281,6 +288,15 @@ impl Channel {
             self.waiting.pop_front();
             match reply {
                 Waiting::Ack(seq) => last_ack = Some(seq),
+                Waiting::Nack(seq) => {
+                    // Acks before it go first, so that `multiple` never covers the nack.
+                    if let Some(acked) = last_ack.take() {
+                        ctx.out
+                            .method(self.number, BasicAck { delivery_tag: acked, multiple: true });
+                    }
+                    let nack = BasicNack { delivery_tag: seq, multiple: false, requeue: false };
+                    ctx.out.method(self.number, nack);
+                }
                 Waiting::CommitOk => ctx.out.method(self.number, TxCommitOk {}),
             }
         }
@@ -290,7 +306,7 @@ impl Channel {
         if progress.failed {
             for (_, reply) in self.waiting.drain(..) {
                 match reply {
-                    Waiting::Ack(seq) => {
+                    Waiting::Ack(seq) | Waiting::Nack(seq) => {
                         let nack = BasicNack { delivery_tag: seq, multiple: false, requeue: false };
                         ctx.out.method(self.number, nack);
                     }
@@ -305,14 +321,14 @@ impl Channel {
     }
 
     /// Publishes, sending `basic.return` for an unroutable mandatory message, and returns
-    /// the store position the publish must wait for, if any.
+    /// the store position the publish must wait for, if any, and whether a queue refused it.
     fn publish(
         &mut self,
         ctx: &Context,
         message: Message,
         properties: &BasicProperties,
         mandatory: bool,
-    ) -> Result<Option<Lsn>, BrokerError> {
+    ) -> Result<(Option<Lsn>, bool), BrokerError> {
         let returned = mandatory.then(|| message.clone());
         let published = ctx.shared.lock().publish(ctx.key(self.number), message, properties)?;
         if let (RouteResult::Unroutable, Some(message)) = (published.route, returned) {
@@ -324,7 +340,7 @@ impl Channel {
             };
             ctx.out.send_msg(WriterMsg::Content(self.number, ret.into(), Arc::new(message)));
         }
-        Ok(published.durable_at)
+        Ok((published.durable_at, published.rejected))
     }
 
     fn settle(
@@ -577,7 +593,7 @@ impl Channel {
                 let result = ops.into_iter().try_for_each(|op| match op {
                     TxOp::Publish(publish, mandatory) => {
                         let (message, properties) = *publish;
-                        let lsn = self.publish(ctx, message, &properties, mandatory)?;
+                        let (lsn, _) = self.publish(ctx, message, &properties, mandatory)?;
                         durable_at = durable_at.max(lsn.unwrap_or(0));
                         Ok(())
                     }
