@@ -91,11 +91,12 @@ impl FieldValue {
         }
     }
 
-    /// The value as a float, for `f`, `d` and integer values.
+    /// The value as a float, for `f`, `d`, `D` (decimal) and integer values.
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
             FieldValue::F32(v) => Some(v.into()),
             FieldValue::F64(v) => Some(v),
+            FieldValue::Decimal(d) => Some(f64::from(d.value) / 10f64.powi(i32::from(d.scale))),
             _ => self.as_int().map(|v| v as f64),
         }
     }

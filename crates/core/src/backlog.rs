@@ -51,6 +51,12 @@ pub struct Backlog {
     /// After a restart: the delivery states the store kept, applied as messages are read
     /// back (and dropped then).
     recovered_states: BTreeMap<Seq, DeliveryState>,
+    /// Messages waiting to become ready again (retry backoff), by the time they do and an
+    /// order number. Not counted as ready.
+    scheduled: BTreeMap<(u64, u64), QueuedMessage>,
+    next_order: u64,
+    /// How many of `recovered_states` hold a retry time.
+    recovered_retries: usize,
 }
 
 fn charge(entry: &QueuedMessage) -> usize {
@@ -66,6 +72,39 @@ impl Backlog {
     /// Whether no message is ready.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Messages waiting for their retry delay to pass.
+    pub fn scheduled_len(&self) -> usize {
+        self.scheduled.len()
+    }
+
+    /// Whether the queue needs the broker's timer: messages are scheduled, or recovered
+    /// ones will be once read back.
+    pub fn needs_timer(&self) -> bool {
+        !self.scheduled.is_empty() || self.recovered_retries > 0
+    }
+
+    /// Holds `message` back until `ready_at` (ms since the epoch).
+    pub fn schedule(&mut self, message: QueuedMessage, ready_at: u64) {
+        self.next_order += 1;
+        self.scheduled.insert((ready_at, self.next_order), message);
+    }
+
+    /// Makes the scheduled messages due at `now` ready, at the head (they are older than
+    /// what is queued), earliest first. Returns whether any became ready.
+    pub fn release_due(&mut self, now: u64) -> bool {
+        let later = self.scheduled.split_off(&(now.saturating_add(1), 0));
+        let due = std::mem::replace(&mut self.scheduled, later);
+        if due.is_empty() {
+            return false;
+        }
+        for message in due.into_values().rev() {
+            self.hot_bytes += charge(&message);
+            self.body_bytes += message.message.body.len() as u64;
+            self.hot.push_front(message);
+        }
+        true
     }
 
     /// Body bytes of the ready messages (see the field's caveat after a restart).
@@ -136,6 +175,7 @@ impl Backlog {
 
     /// Notes, after a restart, the delivery states the store kept for this queue.
     pub fn set_recovered_states(&mut self, states: BTreeMap<Seq, DeliveryState>) {
+        self.recovered_retries = states.values().filter(|s| s.ready_at > 0).count();
         self.recovered_states = states;
     }
 
@@ -185,6 +225,13 @@ impl Backlog {
                 if let Some(state) = self.recovered_states.remove(&seq) {
                     entry.delivery_count = state.delivery_count;
                     entry.redelivered |= state.delivery_count > 0;
+                    if state.ready_at > 0 {
+                        self.recovered_retries = self.recovered_retries.saturating_sub(1);
+                        // A retry that was waiting when the broker stopped: it waits on
+                        // (the next tick releases it if its time has passed).
+                        self.schedule(entry, state.ready_at);
+                        continue;
+                    }
                 }
                 self.push_hot(entry);
             }
@@ -221,10 +268,13 @@ impl Backlog {
     /// of those in memory, and where the run in the store starts (everything the queue
     /// references from there on is to be released).
     pub fn clear(&mut self) -> (u64, Vec<Seq>, Option<Seq>) {
-        let count = self.len();
-        let stored = self.hot.drain(..).filter_map(|m| m.stored).collect();
+        let count = self.len() + self.scheduled.len() as u64;
+        let scheduled = std::mem::take(&mut self.scheduled).into_values();
+        let stored = self.hot.drain(..).chain(scheduled).filter_map(|m| m.stored).collect();
         self.hot_bytes = 0;
         self.body_bytes = 0;
+        self.recovered_states.clear();
+        self.recovered_retries = 0;
         self.waiting_for_store = false;
         (count, stored, self.cold.take().map(|c| c.from))
     }

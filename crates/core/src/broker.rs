@@ -12,6 +12,8 @@ use postroom_amqp::ShortStr;
 use postroom_store::{QueueId, Store};
 
 use crate::ConnectionId;
+use crate::clock::{Clock, SystemClock};
+use crate::delivery::Return;
 use crate::error::{BrokerError, Result};
 use crate::session::{ChannelKey, ChannelState, ConnectionState, Outlet};
 use crate::vhost::VHost;
@@ -38,6 +40,10 @@ pub struct Broker {
     /// (one per RPC client) never exhausts the ids durable queues count up from 1.
     pub(crate) free_transient_ids: Vec<QueueId>,
     next_transient_id: QueueId,
+    /// What time it is (TTLs, retry backoff, delays).
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Queues with timed work for [`Broker::tick`] (vhost, queue).
+    pub(crate) timed: HashSet<(ShortStr, ShortStr)>,
 }
 
 impl Broker {
@@ -60,7 +66,14 @@ impl Broker {
             waiting: HashSet::new(),
             free_transient_ids: Vec::new(),
             next_transient_id: QueueId::MAX,
+            clock: Arc::new(SystemClock),
+            timed: HashSet::new(),
         }
+    }
+
+    /// Replaces the clock (the system clock by default).
+    pub fn set_clock(&mut self, clock: Arc<dyn Clock>) {
+        self.clock = clock;
     }
 
     /// Sets how many bytes of ready messages a durable queue keeps in memory; past it,
@@ -167,7 +180,7 @@ impl Broker {
             numbers.iter().filter_map(|n| state.channels.remove(n).map(|c| (*n, c))).collect();
         let unacked =
             closing.iter().flat_map(|(_, c)| c.unacked.values().cloned()).collect::<Vec<_>>();
-        self.requeue(&vhost, unacked.into_iter());
+        self.requeue(&vhost, unacked.into_iter(), Return::Now);
         for (channel, state) in closing {
             let key = ChannelKey { connection, channel };
             for (tag, queue) in state.consumers {

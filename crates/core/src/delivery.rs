@@ -12,7 +12,7 @@ use crate::message::{Message, QueuedMessage};
 use crate::policy::{DELIVERY_COUNT_HEADER, DeadLetterReason, Overflow};
 use crate::queue::{Consumer, Queue};
 use crate::session::{ChannelKey, ConnectionState, Outbound, Unacked};
-use postroom_store::{Lsn, QueueId, Seq, Store};
+use postroom_store::{DeliveryState, Lsn, QueueId, Seq, Store};
 
 /// The pseudo-queue and reply-to address of direct reply-to (RabbitMQ's name).
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -544,6 +544,18 @@ impl Broker {
         multiple: bool,
         how: Settlement,
     ) -> Result<()> {
+        self.settle_returning(key, tag, multiple, how, Return::Retry)
+    }
+
+    /// [`Broker::settle`], returning requeued messages as `returning` says.
+    fn settle_returning(
+        &mut self,
+        key: ChannelKey,
+        tag: u64,
+        multiple: bool,
+        how: Settlement,
+        returning: Return,
+    ) -> Result<()> {
         let vhost = self.vhost_of(key.connection)?;
         let channel = self.channel_mut(key)?;
         let Some(settled) = channel.take_unacked(tag, multiple) else {
@@ -570,7 +582,9 @@ impl Broker {
                 let unacked = settled.into_iter().map(|(_, u)| u);
                 self.give_up(&vhost, unacked, DeadLetterReason::Rejected);
             }
-            Settlement::Requeue => self.requeue(&vhost, settled.into_iter().map(|(_, u)| u)),
+            Settlement::Requeue => {
+                self.requeue(&vhost, settled.into_iter().map(|(_, u)| u), returning);
+            }
         }
         // Channel-wide credit goes round the channel's queues first, so the queue that was
         // just acked does not win every freed slot.
@@ -669,28 +683,81 @@ impl Broker {
         if !requeue {
             return Err(BrokerError::NotImplemented("requeue=false".into()));
         }
-        self.settle(key, 0, true, Settlement::Requeue)
+        self.settle_returning(key, 0, true, Settlement::Requeue, Return::Now)
     }
 
     /// Returns unacked messages to their queues (at the head, in their original order,
     /// flagged redelivered) and delivers what consumers can take. A message returned more
-    /// often than its queue's `x-delivery-limit` allows is dead-lettered instead.
-    pub(crate) fn requeue(&mut self, vhost: &str, unacked: impl Iterator<Item = Unacked>) {
+    /// often than its queue's `x-delivery-limit` allows is dead-lettered instead; with
+    /// [`Return::Retry`] on a queue with a retry policy, the others wait for their backoff.
+    pub(crate) fn requeue(
+        &mut self,
+        vhost: &str,
+        unacked: impl Iterator<Item = Unacked>,
+        how: Return,
+    ) {
+        let now = self.clock.now_ms();
         for (queue, incarnation, messages) in by_queue(unacked) {
             // A queue deleted meanwhile took its messages with it (as in RabbitMQ), even
             // if a new queue has the same name.
-            let queue = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(&queue));
-            let Some(q) = queue.filter(|q| q.incarnation == incarnation) else { continue };
+            let alive = self.vhosts.get(vhost).and_then(|v| v.queues.get(&queue));
+            let Some(q) = alive.filter(|q| q.incarnation == incarnation) else { continue };
             let limit = q.policy.delivery_limit;
+            let retry = q.policy.retry.filter(|_| how == Return::Retry);
             let (over, back): (Vec<_>, Vec<_>) = messages
                 .into_iter()
                 .partition(|m| limit.is_some_and(|limit| m.delivery_count >= limit));
-            q.requeue(back.into_iter(), &*self.store);
-            let name = q.name.clone();
-            if !over.is_empty() {
-                self.dead_letter(vhost, &name, over, DeadLetterReason::DeliveryLimit);
+            let randoms: Vec<u64> = match retry {
+                Some(_) => back.iter().map(|_| self.next_random()).collect(),
+                None => Vec::new(),
+            };
+            let Some(q) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(&queue)) else {
+                continue;
+            };
+            match retry {
+                Some(retry) => {
+                    for (mut message, random) in back.into_iter().zip(randoms) {
+                        message.redelivered = true;
+                        message.delivery_count = message.delivery_count.saturating_add(1);
+                        let ready_at = now + retry.delay(message.delivery_count, random);
+                        if let (Some(id), Some(seq)) = (q.store_id, message.stored) {
+                            let state =
+                                DeliveryState { delivery_count: message.delivery_count, ready_at };
+                            self.store.set_state(id, seq, state);
+                        }
+                        q.ready.schedule(message, ready_at);
+                    }
+                    self.timed.insert((vhost.into(), queue.clone()));
+                }
+                None => q.requeue(back.into_iter(), &*self.store),
             }
-            self.dispatch(vhost, &name);
+            if !over.is_empty() {
+                self.dead_letter(vhost, &queue, over, DeadLetterReason::DeliveryLimit);
+            }
+            self.dispatch(vhost, &queue);
+        }
+    }
+
+    /// Makes messages whose retry delay has passed ready again and delivers them. Call
+    /// regularly (the server does, every few milliseconds).
+    pub fn tick(&mut self) {
+        if self.timed.is_empty() {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let mut due: Vec<(ShortStr, ShortStr)> = Vec::new();
+        let vhosts = &mut self.vhosts;
+        self.timed.retain(|(vhost, name)| {
+            let Some(queue) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(name)) else {
+                return false;
+            };
+            if queue.ready.release_due(now) {
+                due.push((vhost.clone(), name.clone()));
+            }
+            queue.ready.needs_timer()
+        });
+        for (vhost, queue) in due {
+            self.dispatch(&vhost, &queue);
         }
     }
 
@@ -713,6 +780,15 @@ impl Broker {
             }
         }
     }
+}
+
+/// How unacked messages go back to their queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Return {
+    /// At once (a channel closed, `basic.recover`).
+    Now,
+    /// Nacked or rejected with `requeue = true`: after the queue's retry backoff, if any.
+    Retry,
 }
 
 /// Groups unacked messages by the queue (and queue incarnation) they came from, keeping

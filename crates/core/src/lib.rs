@@ -8,6 +8,7 @@
 //!
 //! Layout:
 //! - [`broker`]: [`Broker`], the whole state, and connection/channel lifecycle.
+//! - [`clock`]: the injected [`clock::Clock`].
 //! - [`definitions`]: declaring, binding and deleting exchanges and queues.
 //! - [`delivery`]: publish, consume, get, ack/nack/reject, recover, dispatch.
 //! - [`exchange`]: exchanges and bindings; one file per exchange type.
@@ -23,6 +24,7 @@
 
 pub mod backlog;
 pub mod broker;
+pub mod clock;
 mod deadletter;
 pub mod definitions;
 pub mod delivery;

@@ -235,6 +235,9 @@ impl Broker {
                 queue.ready.set_delivered_before(recovered.delivered.get(id).copied());
                 if let Some(states) = recovered.states.remove(id) {
                     queue.ready.set_recovered_states(states);
+                    if queue.ready.needs_timer() {
+                        self.timed.insert((vhost.clone(), name.clone()));
+                    }
                 }
             }
         }

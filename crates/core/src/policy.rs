@@ -30,6 +30,15 @@ pub const SINGLE_ACTIVE_CONSUMER: &str = "x-single-active-consumer";
 /// `x-queue-type`: `classic` or `quorum` (both behave the same here).
 pub const QUEUE_TYPE: &str = "x-queue-type";
 
+/// `x-retry-initial-delay`: the first retry's delay in ms; turns retry with backoff on.
+pub const RETRY_INITIAL_DELAY: &str = "x-retry-initial-delay";
+/// `x-retry-multiplier`: each retry waits this many times longer than the one before.
+pub const RETRY_MULTIPLIER: &str = "x-retry-multiplier";
+/// `x-retry-max-delay`: the longest delay in ms.
+pub const RETRY_MAX_DELAY: &str = "x-retry-max-delay";
+/// `x-retry-jitter`: the fraction of a delay it may randomly vary by (0.0–1.0).
+pub const RETRY_JITTER: &str = "x-retry-jitter";
+
 /// Header carrying how often a message was returned before this delivery.
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
@@ -68,6 +77,39 @@ pub struct QueuePolicy {
     pub max_priority: Option<u8>,
     /// One consumer at a time.
     pub single_active_consumer: bool,
+    /// Retry with backoff for messages nacked or rejected with `requeue = true`.
+    pub retry: Option<RetryPolicy>,
+}
+
+/// Postroom's retry with exponential backoff: a message returned with `requeue = true` for
+/// the n-th time becomes ready again after `min(max, initial × multiplier^(n-1))`, varied
+/// by up to `± jitter` of that.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// First delay, ms.
+    pub initial_delay: u64,
+    /// Growth per retry (≥ 1).
+    pub multiplier: f64,
+    /// Longest delay, ms.
+    pub max_delay: u64,
+    /// Random variation, a fraction of the delay (0–1).
+    pub jitter: f64,
+}
+
+impl Eq for RetryPolicy {}
+
+impl RetryPolicy {
+    /// The delay before retry number `attempt` (1 for the first), with `random` (any
+    /// 64-bit value) choosing the jitter.
+    pub fn delay(&self, attempt: u32, random: u64) -> u64 {
+        let exponent = attempt.saturating_sub(1).min(1024) as i32;
+        let base = (self.initial_delay as f64 * self.multiplier.powi(exponent))
+            .min(self.max_delay as f64)
+            .max(0.0);
+        // A uniform number in [-1, 1).
+        let unit = (random >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+        (base + base * self.jitter * unit).max(0.0).round() as u64
+    }
 }
 
 /// Why a message was dead-lettered (the `reason` of its `x-death` entry).
@@ -161,6 +203,34 @@ impl QueuePolicy {
             )));
         }
         let u32_max = i64::from(u32::MAX);
+        let float = |key: &str, min: f64, max: f64| -> Result<Option<f64>> {
+            match arguments.get(key) {
+                None => Ok(None),
+                Some(value) => match value.as_f64() {
+                    Some(x) if (min..=max).contains(&x) => Ok(Some(x)),
+                    _ => Err(invalid(key, &format!("expected a number in {min}..={max}"), value)),
+                },
+            }
+        };
+        let initial_delay = integer(RETRY_INITIAL_DELAY, 0, u32_max)?;
+        let multiplier = float(RETRY_MULTIPLIER, 1.0, 1000.0)?;
+        let max_delay = integer(RETRY_MAX_DELAY, 0, u32_max)?;
+        let jitter = float(RETRY_JITTER, 0.0, 1.0)?;
+        let retry = match initial_delay {
+            Some(initial) => Some(RetryPolicy {
+                initial_delay: initial as u64,
+                multiplier: multiplier.unwrap_or(2.0),
+                max_delay: max_delay.map_or(u32::MAX as u64, |m| m as u64),
+                jitter: jitter.unwrap_or(0.1),
+            }),
+            None if multiplier.is_some() || max_delay.is_some() || jitter.is_some() => {
+                return Err(BrokerError::PreconditionFailed(format!(
+                    "invalid arg '{RETRY_INITIAL_DELAY}' for queue '{queue}' in vhost '{vhost}': \
+                     required by the other x-retry-* arguments"
+                )));
+            }
+            None => None,
+        };
         Ok(QueuePolicy {
             dead_letter_exchange,
             dead_letter_routing_key,
@@ -172,6 +242,7 @@ impl QueuePolicy {
             expires: integer(EXPIRES, 1, u32_max)?.map(|n| n as u64),
             max_priority: integer(MAX_PRIORITY, 1, 255)?.map(|n| n as u8),
             single_active_consumer,
+            retry,
         })
     }
 
@@ -209,6 +280,28 @@ mod tests {
     }
 
     #[test]
+    fn retry_delays_grow_by_the_multiplier_up_to_the_maximum_within_the_jitter() {
+        let args = table(&[
+            (RETRY_INITIAL_DELAY, FieldValue::I32(100)),
+            (RETRY_MULTIPLIER, FieldValue::F64(3.0)),
+            (RETRY_MAX_DELAY, FieldValue::I32(1000)),
+            (RETRY_JITTER, FieldValue::F64(0.0)),
+        ]);
+        let retry = QueuePolicy::from_arguments(&args, "q", "/").unwrap().retry.unwrap();
+        let delays: Vec<u64> = (1..=4).map(|n| retry.delay(n, 12345)).collect();
+        assert_eq!(delays, [100, 300, 900, 1000]);
+        let jittered = RetryPolicy { jitter: 0.5, ..retry };
+        let spread: Vec<u64> = (0..1000u64)
+            .map(|r| jittered.delay(1, r.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+            .collect();
+        assert!(spread.iter().all(|d| (50..=150).contains(d)), "{spread:?}");
+        assert!(spread.iter().min() < Some(&70) && spread.iter().max() > Some(&130));
+        let defaults = table(&[(RETRY_INITIAL_DELAY, FieldValue::I32(10))]);
+        let retry = QueuePolicy::from_arguments(&defaults, "q", "/").unwrap().retry.unwrap();
+        assert_eq!((retry.multiplier, retry.jitter), (2.0, 0.1));
+    }
+
+    #[test]
     fn a_bad_value_is_refused_naming_the_argument() {
         for (key, value) in [
             (MAX_LENGTH, FieldValue::I64(-1)),
@@ -221,6 +314,8 @@ mod tests {
             (DEAD_LETTER_EXCHANGE, FieldValue::I32(1)),
             (SINGLE_ACTIVE_CONSUMER, FieldValue::string("yes")),
             (QUEUE_TYPE, FieldValue::string("stream-ish")),
+            (RETRY_INITIAL_DELAY, FieldValue::I32(-1)),
+            (RETRY_JITTER, FieldValue::F64(1.5)),
         ] {
             let error = QueuePolicy::from_arguments(&table(&[(key, value)]), "q", "/").unwrap_err();
             let BrokerError::PreconditionFailed(text) = error else { panic!("{error:?}") };

@@ -26,6 +26,10 @@ pub const EQUIVALENCE_ARGUMENTS: &[&str] = &[
     "x-queue-type",
     "x-single-active-consumer",
     "x-delivery-limit",
+    "x-retry-initial-delay",
+    "x-retry-multiplier",
+    "x-retry-max-delay",
+    "x-retry-jitter",
 ];
 
 /// A consumer attached to a queue.

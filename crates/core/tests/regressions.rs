@@ -4,7 +4,8 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use postroom_amqp::{BasicProperties, FieldTable};
+use postroom_amqp::{BasicProperties, FieldTable, FieldValue, ShortStr};
+use postroom_core::clock::ManualClock;
 use postroom_core::{
     Broker, ChannelKey, Destination, ExchangeSpec, Message, Outbound, Outlet, QueueSpec, Settlement,
 };
@@ -61,6 +62,17 @@ impl Fixture {
         let key = ChannelKey { connection, channel: 1 };
         broker.open_channel(key).unwrap();
         Fixture { broker, store, outlet, key }
+    }
+
+    fn declare_with(&mut self, name: &str, arguments: &[(&str, FieldValue)]) {
+        let arguments: FieldTable =
+            arguments.iter().map(|(k, v)| (ShortStr::from(*k), v.clone())).collect();
+        let spec = QueueSpec { name: name.into(), durable: true, arguments, ..Default::default() };
+        self.broker.queue_declare(self.key.connection, spec).unwrap();
+    }
+
+    fn get(&mut self, queue: &str) -> Option<postroom_core::Got> {
+        self.broker.basic_get(self.key, queue, false).unwrap()
     }
 
     fn declare(&mut self, name: &str, durable: bool, auto_delete: bool) {
@@ -212,4 +224,114 @@ fn a_requeued_message_keeps_its_delivery_count_across_a_restart() {
     let second = broker.basic_get(key, "d", false).unwrap().unwrap();
     assert_eq!(second.message.body.as_ref(), b"never-delivered");
     assert_eq!((second.delivery_count, second.redelivered), (0, false));
+}
+
+fn delivery_count_header(got: &postroom_core::Got) -> Option<i64> {
+    got.message.properties().headers?.get("x-delivery-count")?.as_int()
+}
+
+/// Issue 4: a nack with requeue on a retry queue waits out the backoff, without holding
+/// up the messages behind it, and carries its delivery count when it comes back.
+#[test]
+fn nack_with_requeue_schedules_the_retry_after_the_backoff() {
+    let mut f = Fixture::new();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    f.broker.set_clock(clock.clone());
+    f.declare_with(
+        "jobs",
+        &[
+            ("x-retry-initial-delay", FieldValue::I32(1000)),
+            ("x-retry-multiplier", FieldValue::F64(2.0)),
+            ("x-retry-jitter", FieldValue::F64(0.0)),
+        ],
+    );
+    f.publish("jobs", "flaky");
+    f.publish("jobs", "fine");
+    let flaky = f.get("jobs").unwrap();
+    f.broker.settle(f.key, flaky.delivery_tag, false, Settlement::Requeue).unwrap();
+    // The next message is not held up by the one waiting.
+    let fine = f.get("jobs").unwrap();
+    assert_eq!(fine.message.body.as_ref(), b"fine");
+    f.broker.settle(f.key, fine.delivery_tag, false, Settlement::Ack).unwrap();
+    clock.advance(999);
+    f.broker.tick();
+    assert!(f.get("jobs").is_none(), "ready before its delay");
+    clock.advance(1);
+    f.broker.tick();
+    let again = f.get("jobs").unwrap();
+    assert_eq!(again.message.body.as_ref(), b"flaky");
+    assert_eq!((again.delivery_count, again.redelivered), (1, true));
+    assert_eq!(delivery_count_header(&again), Some(1));
+    // The second retry waits twice as long.
+    f.broker.settle(f.key, again.delivery_tag, false, Settlement::Requeue).unwrap();
+    clock.advance(1999);
+    f.broker.tick();
+    assert!(f.get("jobs").is_none());
+    clock.advance(1);
+    f.broker.tick();
+    assert_eq!(f.get("jobs").unwrap().delivery_count, 2);
+}
+
+/// Issue 4: retries end in the dead-letter exchange once past the delivery limit.
+#[test]
+fn retries_past_the_delivery_limit_end_in_the_dead_letter_queue() {
+    let mut f = Fixture::new();
+    let clock = Arc::new(ManualClock::new(5_000));
+    f.broker.set_clock(clock.clone());
+    f.declare("dead", true, false);
+    f.declare_with(
+        "jobs",
+        &[
+            ("x-retry-initial-delay", FieldValue::I32(10)),
+            ("x-delivery-limit", FieldValue::I32(2)),
+            ("x-dead-letter-exchange", FieldValue::string("")),
+            ("x-dead-letter-routing-key", FieldValue::string("dead")),
+        ],
+    );
+    f.publish("jobs", "poison");
+    for attempt in 0..3 {
+        clock.advance(100);
+        f.broker.tick();
+        let got = f.get("jobs").expect("delivered again");
+        assert_eq!(got.delivery_count, attempt);
+        f.broker.settle(f.key, got.delivery_tag, false, Settlement::Requeue).unwrap();
+    }
+    clock.advance(100);
+    f.broker.tick();
+    assert!(f.get("jobs").is_none());
+    let dead = f.get("dead").expect("dead-lettered");
+    let headers = dead.message.properties().headers.unwrap();
+    let death = headers.get("x-death").and_then(FieldValue::as_array).unwrap()[0].clone();
+    let reason = death.as_table().and_then(|t| t.get("reason")).and_then(FieldValue::as_str);
+    assert_eq!(reason, Some("delivery_limit"));
+}
+
+/// Issue 4: a message waiting for its retry when the broker stops waits on after a restart.
+#[test]
+fn a_scheduled_retry_survives_a_restart() {
+    let mut f = Fixture::new();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    f.broker.set_clock(clock.clone());
+    f.declare_with(
+        "jobs",
+        &[("x-retry-initial-delay", FieldValue::I32(5000)), ("x-retry-jitter", FieldValue::I32(0))],
+    );
+    f.publish("jobs", "later");
+    let got = f.get("jobs").unwrap();
+    f.broker.settle(f.key, got.delivery_tag, false, Settlement::Requeue).unwrap();
+    f.store.close().unwrap();
+    f.store.reopen();
+    let mut broker = Broker::new(8, f.store.clone());
+    broker.set_clock(clock.clone());
+    broker.restore(f.store.take_recovered()).unwrap();
+    let connection = broker.open_connection("/", "guest", f.outlet.clone()).unwrap();
+    let key = ChannelKey { connection, channel: 1 };
+    broker.open_channel(key).unwrap();
+    clock.advance(4000);
+    broker.tick();
+    assert!(broker.basic_get(key, "jobs", false).unwrap().is_none(), "released early");
+    clock.advance(1000);
+    broker.tick();
+    let got = broker.basic_get(key, "jobs", false).unwrap().expect("released on time");
+    assert_eq!((got.message.body.as_ref(), got.delivery_count), (b"later".as_ref(), 1));
 }

@@ -89,6 +89,7 @@ impl Server {
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(http::serve(http, stopped.clone()));
         tokio::spawn(resume_waiting_queues(shared.clone()));
+        tokio::spawn(tick(shared.clone(), stopped.clone()));
         let accept = tokio::spawn(accept_loop(shared.clone(), amqp, stopped));
         Ok(Server { shared, amqp_addr, http_addr, stop, accept })
     }
@@ -123,6 +124,21 @@ async fn resume_waiting_queues(shared: Arc<Shared>) {
     let mut progress = shared.store.progress();
     while progress.changed().await.is_ok() {
         shared.lock().resume_waiting();
+    }
+}
+
+/// How often scheduled work (retry backoff) is looked at: the precision of those delays.
+const TICK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Drives the broker's timers until shutdown.
+async fn tick(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => shared.lock().tick(),
+            _ = stopped.changed() => return,
+        }
     }
 }
 

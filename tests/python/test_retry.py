@@ -1,0 +1,83 @@
+"""Postroom's retry with backoff (x-retry-* queue arguments): a nack or reject with
+requeue=true waits out an exponential backoff, other messages keep flowing, and with
+x-delivery-limit the message ends in the dead-letter exchange. These are Postroom
+extensions, so the tests skip against another broker."""
+
+import decimal
+import os
+import time
+
+import pytest
+
+from conftest import publish
+
+pytestmark = pytest.mark.skipif(
+    bool(os.environ.get("AMQP_URL")), reason="x-retry-* are Postroom extensions"
+)
+
+
+def wait_get(channel, queue, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        method, properties, body = channel.basic_get(queue)
+        if method is not None:
+            return method, properties, body
+        channel.connection.sleep(0.01)
+    raise AssertionError(f"nothing in {queue} within {timeout} s")
+
+
+def test_a_nacked_message_comes_back_after_its_backoff_while_others_flow(channel, unique_name):
+    queue = unique_name("jobs")
+    channel.queue_declare(
+        queue,
+        arguments={
+            "x-retry-initial-delay": 300,
+            # pika cannot send floats in tables: integers and decimals work.
+            "x-retry-multiplier": 2,
+            "x-retry-jitter": decimal.Decimal("0.0"),
+        },
+    )
+    publish(channel, queue, b"flaky")
+    publish(channel, queue, b"fine")
+    method, _, body = wait_get(channel, queue)
+    assert body == b"flaky"
+    nacked_at = time.monotonic()
+    channel.basic_nack(method.delivery_tag, requeue=True)
+    method, _, body = wait_get(channel, queue)
+    assert body == b"fine", "the message behind the retried one is not held up"
+    channel.basic_ack(method.delivery_tag)
+    method, properties, body = wait_get(channel, queue)
+    waited = time.monotonic() - nacked_at
+    assert body == b"flaky"
+    assert method.redelivered
+    assert properties.headers["x-delivery-count"] == 1
+    assert waited >= 0.29, f"came back after {waited:.3f} s, before its 300 ms backoff"
+    # The second retry waits twice as long.
+    channel.basic_reject(method.delivery_tag, requeue=True)
+    rejected_at = time.monotonic()
+    method, properties, _ = wait_get(channel, queue)
+    assert time.monotonic() - rejected_at >= 0.59
+    assert properties.headers["x-delivery-count"] == 2
+    channel.basic_ack(method.delivery_tag)
+
+
+def test_retries_end_in_the_dead_letter_exchange_after_the_delivery_limit(channel, unique_name):
+    queue, dead = unique_name("jobs"), unique_name("dead")
+    channel.queue_declare(dead)
+    channel.queue_declare(
+        queue,
+        arguments={
+            "x-retry-initial-delay": 20,
+            "x-delivery-limit": 2,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": dead,
+        },
+    )
+    publish(channel, queue, b"poison")
+    for _ in range(3):
+        method, _, _ = wait_get(channel, queue)
+        channel.basic_nack(method.delivery_tag, requeue=True)
+    method, properties, body = wait_get(channel, dead)
+    assert body == b"poison"
+    assert properties.headers["x-death"][0]["reason"] == "delivery_limit"
+    assert channel.basic_get(queue)[0] is None
