@@ -242,6 +242,13 @@ impl Backlog {
         }
     }
 
+    /// Puts a message just taken back at the head, as it was.
+    pub fn requeue_unchanged(&mut self, message: QueuedMessage) {
+        self.hot_bytes += charge(&message);
+        self.body_bytes += message.message.body.len() as u64;
+        self.hot.push_front(message);
+    }
+
     /// Puts messages back at the head, keeping their relative order, marked redelivered —
     /// as RabbitMQ returns a requeued message to its original position ahead of newer ones.
     /// Each one's delivery count goes up, and is recorded in the store for the stored ones.

@@ -6,8 +6,6 @@
 //! reaches) before the original's reference is released, in the same journal order, so a
 //! crash in between leaves the message in one place or both — never in neither.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use postroom_amqp::{FieldTable, FieldValue, ShortStr};
 use postroom_store::Seq;
 
@@ -33,11 +31,19 @@ impl Broker {
         let routing_key = q.policy.dead_letter_routing_key.clone();
         let stored: Vec<Seq> = messages.iter().filter_map(|m| m.stored).collect();
         if let Some(exchange) = exchange {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let now_ms = self.clock.now_ms();
             for entry in messages {
                 let original = &entry.message;
-                let copy =
-                    dead_lettered(original, queue, reason, &exchange, routing_key.as_ref(), now);
+                let mut copy = dead_lettered(
+                    original,
+                    queue,
+                    reason,
+                    &exchange,
+                    routing_key.as_ref(),
+                    now_ms / 1000,
+                );
+                // Its TTL in the dead-letter queue counts from now.
+                copy.stamp_arrival(now_ms);
                 let Some(v) = self.vhosts.get(vhost) else { return };
                 let mut targets = Vec::new();
                 let headers = copy.properties().headers;

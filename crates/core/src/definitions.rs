@@ -306,14 +306,17 @@ impl Broker {
         } else {
             spec.name.clone()
         };
+        let now = self.clock.now_ms();
         let vhost = self.vhost_mut(&vhost_name)?;
-        if let Some(queue) = vhost.queues.get(&name) {
+        if let Some(queue) = vhost.queues.get_mut(&name) {
             if !queue.accessible_by(connection) {
                 return Err(BrokerError::locked(&name, &vhost_name));
             }
             if !spec.passive {
                 check_queue_equivalence(queue, &spec, &vhost_name)?;
             }
+            // Any declare renews an `x-expires` lease, a passive one too (as RabbitMQ).
+            queue.last_used = now;
             return Ok(QueueDeclared {
                 name,
                 message_count: queue.message_count(),
@@ -343,6 +346,10 @@ impl Broker {
         } else {
             self.transient_queue_id()
         });
+        queue.last_used = now;
+        if queue.needs_timer() {
+            self.timed.insert((vhost_name.clone(), name.clone()));
+        }
         self.vhost_mut(&vhost_name)?.queues.insert(name.clone(), queue);
         if persisted && let Err(e) = self.save_definitions() {
             self.vhost_mut(&vhost_name)?.queues.remove(&name);

@@ -8,7 +8,7 @@ use postroom_amqp::{BasicProperties, FieldTable, FieldValue, ShortStr};
 use crate::ConnectionId;
 use crate::broker::Broker;
 use crate::error::{BrokerError, Result};
-use crate::message::{Message, QueuedMessage};
+use crate::message::{Message, QueuedMessage, expiration_ms};
 use crate::policy::{DELIVERY_COUNT_HEADER, DeadLetterReason, Overflow};
 use crate::queue::{Consumer, Queue};
 use crate::session::{ChannelKey, ConnectionState, Outbound, Unacked};
@@ -103,6 +103,7 @@ fn dispatch(
     queue: &mut Queue,
     connections: &mut HashMap<ConnectionId, ConnectionState>,
     store: &dyn Store,
+    now: u64,
 ) {
     while !queue.ready.is_empty() && !queue.consumers.is_empty() {
         let count = queue.consumers.len();
@@ -117,7 +118,7 @@ fn dispatch(
                     .is_some_and(|ch| ch.has_credit())
         });
         let Some(index) = chosen else { break };
-        let Some(message) = queue.pop(store) else {
+        let Some(message) = queue.pop(store, now) else {
             break;
         };
         queue.next_consumer = (index + 1) % count;
@@ -163,12 +164,27 @@ fn dispatch(
 impl Broker {
     /// Runs delivery for one queue (after anything that may have made room).
     pub fn dispatch(&mut self, vhost: &str, queue: &str) {
+        let now = self.clock.now_ms();
         if let Some(q) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) {
-            dispatch(q, &mut self.connections, &*self.store);
+            dispatch(q, &mut self.connections, &*self.store, now);
             if q.ready.waiting_for_store() {
                 self.waiting.insert((vhost.into(), q.name.clone()));
             }
         }
+        self.dead_letter_expired(vhost, queue);
+    }
+
+    /// Dead-letters (reason `expired`) what taking the head of `queue` found expired.
+    pub(crate) fn dead_letter_expired(&mut self, vhost: &str, queue: &str) {
+        let Some(q) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else {
+            return;
+        };
+        if q.expired.is_empty() {
+            return;
+        }
+        let expired = std::mem::take(&mut q.expired);
+        let name = q.name.clone();
+        self.dead_letter(vhost, &name, expired, DeadLetterReason::Expired);
     }
 
     /// Delivers from queues whose next messages were not yet written by the store when
@@ -226,6 +242,16 @@ impl Broker {
         if message.exchange.is_empty() && message.routing_key.starts_with(DIRECT_REPLY_TO) {
             return Ok(Published::transient(self.deliver_reply(message)));
         }
+        if let Some(expiration) = &properties.expiration
+            && expiration_ms(properties).is_none()
+        {
+            return Err(BrokerError::PreconditionFailed(format!(
+                "invalid expiration '{expiration}': not a non-negative integer"
+            )));
+        }
+        if message.arrived_at() == 0 {
+            message.stamp_arrival(self.clock.now_ms());
+        }
         let Some(vhost) = self.vhosts.get_mut(&vhost_name) else {
             return Err(BrokerError::NotAllowed(format!("vhost {vhost_name} not found")));
         };
@@ -266,6 +292,7 @@ impl Broker {
         message: Message,
         targets: &[ShortStr],
     ) -> Result<Enqueued> {
+        let now = self.clock.now_ms();
         let Some(vhost) = self.vhosts.get_mut(vhost_name) else { return Ok(Enqueued::default()) };
         let size = message.size() as u64;
         // Queues full under a reject-publish overflow refuse it before anything is stored.
@@ -301,6 +328,7 @@ impl Broker {
         };
         let message = Arc::new(message);
         let mut dropped: Vec<(ShortStr, Vec<QueuedMessage>)> = Vec::new();
+        let mut expired: Vec<ShortStr> = Vec::new();
         for name in accepted {
             let Some(queue) = vhost.queues.get_mut(name) else { continue };
             let mut entry = QueuedMessage::new(message.clone());
@@ -308,10 +336,11 @@ impl Broker {
                 entry.stored = stored.map(|(seq, _)| seq);
             }
             queue.ready.push(entry, queue.store_id, &*self.store, self.queue_memory_limit);
+            queue.expiring |= message.ttl().is_some();
             // drop-head: the oldest messages make room (dead-lettered as `maxlen`).
             let mut heads = Vec::new();
             while queue.policy.over_limit(queue.ready.len(), queue.ready.body_bytes()) {
-                match queue.pop(&*self.store) {
+                match queue.pop(&*self.store, now) {
                     Some(head) => heads.push(head),
                     None => break,
                 }
@@ -319,10 +348,19 @@ impl Broker {
             if !heads.is_empty() {
                 dropped.push((queue.name.clone(), heads));
             }
-            dispatch(queue, &mut self.connections, &*self.store);
+            dispatch(queue, &mut self.connections, &*self.store, now);
             if queue.ready.waiting_for_store() {
                 self.waiting.insert((vhost_name.into(), queue.name.clone()));
             }
+            if queue.needs_timer() {
+                self.timed.insert((vhost_name.into(), queue.name.clone()));
+            }
+            if !queue.expired.is_empty() {
+                expired.push(queue.name.clone());
+            }
+        }
+        for queue in expired {
+            self.dead_letter_expired(vhost_name, &queue);
         }
         for (queue, heads) in dropped {
             self.dead_letter(vhost_name, &queue, heads, DeadLetterReason::MaxLength);
@@ -497,11 +535,19 @@ impl Broker {
     pub fn basic_get(&mut self, key: ChannelKey, queue: &str, no_ack: bool) -> Result<Option<Got>> {
         let vhost_name = self.vhost_of(key.connection)?;
         let store = self.store.clone();
+        let now = self.clock.now_ms();
         let q = self.vhost_mut(&vhost_name)?.queue_mut(queue)?;
         if !q.accessible_by(key.connection) {
             return Err(BrokerError::locked(queue, &vhost_name));
         }
-        let Some(message) = q.pop(&*store) else {
+        q.last_used = now;
+        let popped = q.pop(&*store, now);
+        if !q.expired.is_empty() {
+            let name = q.name.clone();
+            self.dead_letter_expired(&vhost_name, &name);
+        }
+        let q = self.vhost_mut(&vhost_name)?.queue_mut(queue)?;
+        let Some(message) = popped else {
             return Ok(None);
         };
         let message_count = q.message_count();
@@ -738,26 +784,47 @@ impl Broker {
         }
     }
 
-    /// Makes messages whose retry delay has passed ready again and delivers them. Call
-    /// regularly (the server does, every few milliseconds).
+    /// Timed work: makes messages whose retry delay passed ready again, expires messages
+    /// past their TTL at the head of their queues (even with nobody consuming), deletes
+    /// queues unused for their `x-expires`, and delivers what became ready. Call regularly
+    /// (the server does, every few milliseconds).
     pub fn tick(&mut self) {
         if self.timed.is_empty() {
             return;
         }
         let now = self.clock.now_ms();
         let mut due: Vec<(ShortStr, ShortStr)> = Vec::new();
-        let vhosts = &mut self.vhosts;
+        let mut unused: Vec<(ShortStr, ShortStr)> = Vec::new();
+        let (vhosts, store) = (&mut self.vhosts, &*self.store);
         self.timed.retain(|(vhost, name)| {
             let Some(queue) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(name)) else {
                 return false;
             };
-            if queue.ready.release_due(now) {
+            if !queue.consumers.is_empty() {
+                queue.last_used = now;
+            }
+            if let Some(expires) = queue.policy.expires
+                && now >= queue.last_used.saturating_add(expires)
+            {
+                unused.push((vhost.clone(), name.clone()));
+                return false;
+            }
+            let released = queue.ready.release_due(now);
+            if queue.policy.message_ttl.is_some() || queue.expiring {
+                queue.expire_head(store, now);
+                queue.expiring &= !queue.ready.is_empty();
+            }
+            if released || !queue.expired.is_empty() {
                 due.push((vhost.clone(), name.clone()));
             }
-            queue.ready.needs_timer()
+            queue.needs_timer()
         });
         for (vhost, queue) in due {
+            self.dead_letter_expired(&vhost, &queue);
             self.dispatch(&vhost, &queue);
+        }
+        for (vhost, queue) in unused {
+            self.remove_queue(&vhost, &queue);
         }
     }
 

@@ -26,6 +26,12 @@ pub struct Message {
     pub body: Bytes,
     /// Whether the publisher asked for persistence (`delivery_mode = 2`).
     persistent: bool,
+    /// Its own time to live in ms (the `expiration` property), if it has a valid one.
+    ttl: Option<u64>,
+    /// When it was published, ms since the Unix epoch (0: not known, a message stored
+    /// before arrival times were kept). TTLs count from here. Set with
+    /// [`Message::stamp_arrival`].
+    arrived_at: u64,
     /// The store encoding, when the fields above are slices of it (a message decoded from
     /// it): the store then writes these bytes as they are.
     encoded: Option<Bytes>,
@@ -41,7 +47,17 @@ impl Message {
     ) -> Message {
         let raw_properties = properties.to_bytes();
         let persistent = properties.is_persistent();
-        Message { exchange, routing_key, raw_properties, body, persistent, encoded: None }
+        let ttl = expiration_ms(&properties);
+        Message {
+            exchange,
+            routing_key,
+            raw_properties,
+            body,
+            persistent,
+            ttl,
+            arrived_at: 0,
+            encoded: None,
+        }
     }
 
     /// A message from its parts as a content header carried them: `raw_properties` must be
@@ -54,7 +70,29 @@ impl Message {
         body: Bytes,
     ) -> Message {
         let persistent = properties.is_persistent();
-        Message { exchange, routing_key, raw_properties, body, persistent, encoded: None }
+        let ttl = expiration_ms(properties);
+        Message {
+            exchange,
+            routing_key,
+            raw_properties,
+            body,
+            persistent,
+            ttl,
+            arrived_at: 0,
+            encoded: None,
+        }
+    }
+
+    /// Records when it arrived (ms since the epoch). A store encoding made before no
+    /// longer matches, so it is dropped (the next [`Message::encoded`] makes a new one).
+    pub fn stamp_arrival(&mut self, now_ms: u64) {
+        self.arrived_at = now_ms;
+        self.encoded = None;
+    }
+
+    /// Its own time to live in ms, from the `expiration` property.
+    pub fn ttl(&self) -> Option<u64> {
+        self.ttl
     }
 
     /// The decoded properties (empty if the stored encoding does not decode, which a
@@ -63,9 +101,21 @@ impl Message {
         BasicProperties::decode(&mut Reader::new(&self.raw_properties)).unwrap_or_default()
     }
 
-    /// A copy with different properties (re-encoded).
+    /// A copy with different properties (re-encoded), arrived at the same time.
     pub fn with_properties(&self, properties: BasicProperties) -> Message {
-        Message::new(self.exchange.clone(), self.routing_key.clone(), properties, self.body.clone())
+        let mut copy = Message::new(
+            self.exchange.clone(),
+            self.routing_key.clone(),
+            properties,
+            self.body.clone(),
+        );
+        copy.arrived_at = self.arrived_at;
+        copy
+    }
+
+    /// When it arrived, ms since the Unix epoch (0: not known).
+    pub fn arrived_at(&self) -> u64 {
+        self.arrived_at
     }
 
     /// Whether the publisher asked for persistence.
@@ -78,16 +128,21 @@ impl Message {
         self.body.len()
     }
 
-    /// Encodes the message as the store keeps it: exchange, routing key, properties (as
-    /// received), body.
+    /// Encodes the message as the store keeps it: [`ARRIVAL_MARK`] and the arrival time
+    /// (when known), exchange, routing key, properties (as received), body.
     pub fn encode(&self) -> BytesMut {
         let mut buf = BytesMut::with_capacity(
-            2 + self.exchange.len()
+            10 + 2
+                + self.exchange.len()
                 + self.routing_key.len()
                 + 4
                 + self.raw_properties.len()
                 + self.body.len(),
         );
+        if self.arrived_at != 0 {
+            buf.put_slice(&ARRIVAL_MARK);
+            buf.put_u64(self.arrived_at);
+        }
         buf.put_u8(self.exchange.len() as u8);
         buf.put_slice(self.exchange.as_bytes());
         buf.put_u8(self.routing_key.len() as u8);
@@ -104,6 +159,11 @@ impl Message {
     /// A [`DecodeError`] if the bytes are not an encoded message.
     pub fn decode(data: &Bytes) -> Result<Message, DecodeError> {
         let mut r = Reader::new(data);
+        let mut arrived_at = 0;
+        if data.starts_with(&ARRIVAL_MARK) {
+            r.bytes(ARRIVAL_MARK.len(), "arrival mark")?;
+            arrived_at = r.u64()?;
+        }
         let exchange = r.short_str()?;
         let routing_key = r.short_str()?;
         let props_len = r.u32()? as usize;
@@ -113,6 +173,7 @@ impl Message {
         let mut message =
             Message::from_parts(exchange, routing_key, &properties, raw_properties, body);
         message.encoded = Some(data.clone());
+        message.arrived_at = arrived_at;
         Ok(message)
     }
 
@@ -124,6 +185,16 @@ impl Message {
             None => self.encode().freeze(),
         }
     }
+}
+
+/// Opens a stored message that carries its arrival time. Unambiguous: a message without
+/// one starts with its exchange name's length, and a 255-byte name cannot start with 0x01
+/// (exchange names are letters, digits, `-`, `_`, `.` and `:`).
+pub const ARRIVAL_MARK: [u8; 2] = [0xFF, 0x01];
+
+/// The `expiration` property as ms, if it is a valid one (a non-negative integer).
+pub fn expiration_ms(properties: &BasicProperties) -> Option<u64> {
+    properties.expiration.as_deref().and_then(|e| e.parse::<u64>().ok())
 }
 
 /// A message waiting in a queue, with its delivery history.

@@ -142,6 +142,7 @@ impl Broker {
     /// # Errors
     /// `StoreFailed` if the saved definitions or a message cannot be decoded.
     pub fn restore(&mut self, mut recovered: Recovered) -> Result<RestoreSummary> {
+        let now = self.clock.now_ms();
         let mut summary = RestoreSummary::default();
         let bad = |what: &str| BrokerError::StoreFailed(format!("cannot decode saved {what}"));
         let mut by_id: HashMap<QueueId, (ShortStr, ShortStr)> = HashMap::new();
@@ -235,9 +236,11 @@ impl Broker {
                 queue.ready.set_delivered_before(recovered.delivered.get(id).copied());
                 if let Some(states) = recovered.states.remove(id) {
                     queue.ready.set_recovered_states(states);
-                    if queue.ready.needs_timer() {
-                        self.timed.insert((vhost.clone(), name.clone()));
-                    }
+                }
+                // `x-expires` counts from the restart, as in RabbitMQ.
+                queue.last_used = now;
+                if queue.needs_timer() {
+                    self.timed.insert((vhost.clone(), name.clone()));
                 }
             }
         }

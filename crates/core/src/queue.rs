@@ -79,6 +79,13 @@ pub struct Queue {
     pub store_id: Option<QueueId>,
     /// Unique for the life of the broker (see [`crate::session::Unacked::incarnation`]).
     pub incarnation: u64,
+    /// Messages found expired while taking the head, to be dead-lettered by the broker.
+    pub expired: Vec<QueuedMessage>,
+    /// Whether a message with its own TTL was enqueued since the queue was last empty.
+    pub expiring: bool,
+    /// When it was last used (declared, consumed from, read with `basic.get`), ms: what
+    /// `x-expires` counts from.
+    pub last_used: u64,
 }
 
 impl Queue {
@@ -104,6 +111,9 @@ impl Queue {
             had_consumers: false,
             store_id: None,
             incarnation: 0,
+            expired: Vec::new(),
+            expiring: false,
+            last_used: 0,
         }
     }
 
@@ -112,9 +122,46 @@ impl Queue {
         self.ready.len().try_into().unwrap_or(u32::MAX)
     }
 
-    /// Takes the head ready message (reading it from the store if need be).
-    pub fn pop(&mut self, store: &dyn Store) -> Option<QueuedMessage> {
-        self.ready.pop(self.store_id, store)
+    /// Takes the head ready message (reading it from the store if need be). Messages
+    /// whose TTL passed by `now` are moved to [`Queue::expired`] on the way.
+    pub fn pop(&mut self, store: &dyn Store, now: u64) -> Option<QueuedMessage> {
+        loop {
+            let entry = self.ready.pop(self.store_id, store)?;
+            if !self.is_expired(&entry, now) {
+                return Some(entry);
+            }
+            self.expired.push(entry);
+        }
+    }
+
+    /// Moves the expired messages at the head to [`Queue::expired`] (RabbitMQ expires
+    /// from the head only), so that they go even when nobody consumes.
+    pub fn expire_head(&mut self, store: &dyn Store, now: u64) {
+        while let Some(entry) = self.ready.pop(self.store_id, store) {
+            if !self.is_expired(&entry, now) {
+                self.ready.requeue_unchanged(entry);
+                return;
+            }
+            self.expired.push(entry);
+        }
+    }
+
+    /// Whether `entry` outlived its TTL (the queue's or its own, the shorter) at `now`.
+    fn is_expired(&self, entry: &QueuedMessage, now: u64) -> bool {
+        let ttl = match (entry.message.ttl(), self.policy.message_ttl) {
+            (Some(own), Some(queue)) => Some(own.min(queue)),
+            (own, queue) => own.or(queue),
+        };
+        let arrived = entry.message.arrived_at();
+        ttl.is_some_and(|ttl| arrived != 0 && now > arrived.saturating_add(ttl))
+    }
+
+    /// Whether [`crate::Broker::tick`] has work here: retries waiting, messages that may
+    /// expire, or an `x-expires` to watch.
+    pub fn needs_timer(&self) -> bool {
+        self.ready.needs_timer()
+            || self.policy.expires.is_some()
+            || ((self.policy.message_ttl.is_some() || self.expiring) && !self.ready.is_empty())
     }
 
     /// Whether persistent messages on this queue are written to the store and survive a

@@ -226,13 +226,17 @@ impl Channel {
             return Err(fail(reply::PRECONDITION_FAILED, text, 60, 40));
         }
         let properties = header.properties;
-        let message = compact(Message::from_parts(
+        let mut message = Message::from_parts(
             pending.publish.exchange,
             pending.publish.routing_key,
             &properties,
             header.raw_properties,
             body,
-        ));
+        );
+        // Stamped here, before the store encoding is made, so that it carries the arrival
+        // time (TTLs); the broker runs on the same system clock.
+        message.stamp_arrival(now_ms());
+        let message = compact(message);
         let mandatory = pending.publish.mandatory;
         if let Some(ops) = &mut self.tx {
             ops.push(TxOp::Publish(Box::new((message, properties)), mandatory));
@@ -633,6 +637,13 @@ const COMPACT_MAX: usize = 64 * 1024;
 /// properties and body are slices of the connection's read buffer, and a message that
 /// waits in a queue would keep that whole buffer alive: a few long-lived messages could pin
 /// megabytes. Large bodies were assembled into their own buffer already.
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn compact(message: Message) -> Message {
     if message.body.len() > COMPACT_MAX {
         return message;
