@@ -26,6 +26,57 @@ const REFILL_BYTES: usize = 1024 * 1024;
 /// Bytes a message in memory is charged beyond its body and properties (structs, Arcs).
 const ENTRY_OVERHEAD: usize = 128;
 
+/// Ready messages in memory: one FIFO lane, or one per priority (highest first, FIFO
+/// within a priority) for a queue with `x-max-priority`.
+#[derive(Debug)]
+struct Lanes {
+    lanes: Vec<VecDeque<QueuedMessage>>,
+    len: usize,
+}
+
+impl Default for Lanes {
+    fn default() -> Self {
+        Lanes { lanes: vec![VecDeque::new()], len: 0 }
+    }
+}
+
+impl Lanes {
+    fn lane(&mut self, entry: &QueuedMessage) -> &mut VecDeque<QueuedMessage> {
+        let top = self.lanes.len() - 1;
+        let priority = usize::from(entry.message.priority()).min(top);
+        &mut self.lanes[priority]
+    }
+
+    fn push_back(&mut self, entry: QueuedMessage) {
+        self.len += 1;
+        self.lane(&entry).push_back(entry);
+    }
+
+    fn push_front(&mut self, entry: QueuedMessage) {
+        self.len += 1;
+        self.lane(&entry).push_front(entry);
+    }
+
+    fn pop_front(&mut self) -> Option<QueuedMessage> {
+        let entry = self.lanes.iter_mut().rev().find_map(VecDeque::pop_front)?;
+        self.len -= 1;
+        Some(entry)
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = QueuedMessage> + '_ {
+        self.len = 0;
+        self.lanes.iter_mut().rev().flat_map(|lane| lane.drain(..))
+    }
+}
+
 /// Messages of a queue that are only in the store: every message the queue references
 /// there from `from` on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +88,7 @@ struct Cold {
 /// A queue's ready messages.
 #[derive(Debug, Default)]
 pub struct Backlog {
-    hot: VecDeque<QueuedMessage>,
+    hot: Lanes,
     hot_bytes: usize,
     /// Body bytes of every ready message, for `x-max-length-bytes` (those recovered after
     /// a restart are not counted: their sizes are only known once read back).
@@ -72,6 +123,18 @@ impl Backlog {
     /// Whether no message is ready.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Orders ready messages by priority, 0 to `max` (`x-max-priority`): higher first,
+    /// FIFO within a priority. Such a queue keeps its ready messages in memory (they are
+    /// not left in the store past the memory limit, which would hide their priorities).
+    /// Call on an empty backlog.
+    pub fn set_max_priority(&mut self, max: u8) {
+        self.hot.lanes = (0..=max).map(|_| VecDeque::new()).collect();
+    }
+
+    fn prioritised(&self) -> bool {
+        self.hot.lanes.len() > 1
     }
 
     /// Messages waiting for their retry delay to pass.
@@ -136,7 +199,7 @@ impl Backlog {
     ) {
         self.body_bytes += entry.message.body.len() as u64;
         let Some(queue_id) = store_id else { return self.push_hot(entry) };
-        if self.cold.is_none() && self.hot_bytes + charge(&entry) <= limit {
+        if self.prioritised() || (self.cold.is_none() && self.hot_bytes + charge(&entry) <= limit) {
             return self.push_hot(entry);
         }
         let seq = match entry.stored {
@@ -200,8 +263,9 @@ impl Backlog {
     fn refill(&mut self, store_id: Option<QueueId>, store: &dyn Store) {
         let Some(queue_id) = store_id else { return };
         // Until something decodable is in memory: a batch of undecodable payloads must not
-        // leave the queue idle with messages still in the store.
-        while self.hot.is_empty() {
+        // leave the queue idle with messages still in the store. A prioritised queue (only
+        // after a restart) reads everything, so that the highest priority goes first.
+        while self.hot.is_empty() || (self.prioritised() && self.cold.is_some()) {
             let Some(mut cold) = self.cold else { return };
             // A read error (file descriptors, I/O) is retried when the store progresses,
             // like a message not yet written.
@@ -277,7 +341,7 @@ impl Backlog {
     pub fn clear(&mut self) -> (u64, Vec<Seq>, Option<Seq>) {
         let count = self.len() + self.scheduled.len() as u64;
         let scheduled = std::mem::take(&mut self.scheduled).into_values();
-        let stored = self.hot.drain(..).chain(scheduled).filter_map(|m| m.stored).collect();
+        let stored = self.hot.drain().chain(scheduled).filter_map(|m| m.stored).collect();
         self.hot_bytes = 0;
         self.body_bytes = 0;
         self.recovered_states.clear();

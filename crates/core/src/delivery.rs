@@ -106,7 +106,9 @@ fn dispatch(
     now: u64,
 ) {
     while !queue.ready.is_empty() && !queue.consumers.is_empty() {
-        let count = queue.consumers.len();
+        // With a single active consumer only the longest-standing one receives; the next
+        // takes over when it goes (as in RabbitMQ).
+        let count = if queue.policy.single_active_consumer { 1 } else { queue.consumers.len() };
         let chosen = (0..count).map(|step| (queue.next_consumer + step) % count).find(|&i| {
             let consumer = &queue.consumers[i];
             let has_own_credit =

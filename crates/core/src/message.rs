@@ -28,6 +28,8 @@ pub struct Message {
     persistent: bool,
     /// Its own time to live in ms (the `expiration` property), if it has a valid one.
     ttl: Option<u64>,
+    /// The `priority` property (0 if unset).
+    priority: u8,
     /// When it was published, ms since the Unix epoch (0: not known, a message stored
     /// before arrival times were kept). TTLs count from here. Set with
     /// [`Message::stamp_arrival`].
@@ -55,6 +57,7 @@ impl Message {
             body,
             persistent,
             ttl,
+            priority: properties.priority.unwrap_or(0),
             arrived_at: 0,
             encoded: None,
         }
@@ -78,6 +81,7 @@ impl Message {
             body,
             persistent,
             ttl,
+            priority: properties.priority.unwrap_or(0),
             arrived_at: 0,
             encoded: None,
         }
@@ -88,6 +92,11 @@ impl Message {
     pub fn stamp_arrival(&mut self, now_ms: u64) {
         self.arrived_at = now_ms;
         self.encoded = None;
+    }
+
+    /// The `priority` property (0 if unset).
+    pub fn priority(&self) -> u8 {
+        self.priority
     }
 
     /// Its own time to live in ms, from the `expiration` property.

@@ -98,6 +98,10 @@ impl Queue {
         arguments: FieldTable,
     ) -> Queue {
         let policy = QueuePolicy::from_arguments(&arguments, &name, "/").unwrap_or_default();
+        let mut ready = Backlog::default();
+        if let Some(max) = policy.max_priority {
+            ready.set_max_priority(max);
+        }
         Queue {
             name,
             durable,
@@ -105,7 +109,7 @@ impl Queue {
             auto_delete,
             policy,
             arguments,
-            ready: Backlog::default(),
+            ready,
             consumers: Vec::new(),
             next_consumer: 0,
             had_consumers: false,
