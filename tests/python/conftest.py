@@ -157,6 +157,13 @@ class PostroomBroker:
         self.stop()
         self.start()
 
+    def crash_restart(self) -> None:
+        """SIGKILL (nothing flushed, no shutdown) and start again on the same data directory."""
+        self._kill()
+        if self._reader is not None:
+            self._reader.join(timeout=2)
+        self.start()
+
     def stderr_text(self) -> str:
         try:
             return self.stderr_path.read_text(errors="replace")
@@ -226,6 +233,13 @@ class ExternalBroker:
 def restart(broker) -> None:
     """SIGTERM the broker and start it again on the same data directory (port may change)."""
     broker.restart()
+
+
+def crash_restart(broker) -> None:
+    """kill -9 the broker and start it again on the same data directory (port may change)."""
+    if getattr(broker, "external", False):
+        pytest.skip("kill -9 needs a broker this suite started")
+    broker.crash_restart()
 
 
 def _postroom_binary() -> str:

@@ -44,6 +44,8 @@ pub struct Broker {
     pub(crate) clock: Arc<dyn Clock>,
     /// Queues with timed work for [`Broker::tick`] (vhost, queue).
     pub(crate) timed: HashSet<(ShortStr, ShortStr)>,
+    /// Delayed exchanges, whose held messages [`Broker::tick`] routes when due.
+    pub(crate) timed_exchanges: HashMap<(ShortStr, ShortStr), crate::delays::HeldBy>,
 }
 
 impl Broker {
@@ -68,6 +70,7 @@ impl Broker {
             next_transient_id: QueueId::MAX,
             clock: Arc::new(SystemClock),
             timed: HashSet::new(),
+            timed_exchanges: HashMap::new(),
         }
     }
 

@@ -4,8 +4,10 @@ use postroom_amqp::{FieldTable, FieldValue, ShortStr};
 
 use crate::ConnectionId;
 use crate::broker::Broker;
+use crate::delays::HeldBy;
 use crate::error::{BrokerError, Result};
-use crate::exchange::{self, Binding, Destination, Exchange, ExchangeKind};
+use crate::exchange::delayed::{self, Delayed};
+use crate::exchange::{self, Binding, Destination, Exchange};
 use crate::policy::QueuePolicy;
 use crate::queue::{EQUIVALENCE_ARGUMENTS, Queue};
 use crate::session::{ChannelKey, Outbound};
@@ -128,12 +130,7 @@ impl Broker {
         if spec.passive {
             return vhost.exchange(&spec.name).map(|_| ());
         }
-        let Some(kind) = ExchangeKind::parse(&spec.kind) else {
-            return Err(BrokerError::CommandInvalid(format!(
-                "invalid exchange type '{}'",
-                spec.kind
-            )));
-        };
+        let (kind, delayed) = delayed::parse_declaration(&spec.kind, &spec.arguments)?;
         if spec.name.is_empty() {
             return Err(BrokerError::AccessRefused(
                 "operation not permitted on the default exchange".into(),
@@ -156,12 +153,16 @@ impl Broker {
                     ))
                 }
             };
-            check("type", existing.kind.as_str(), kind.as_str())?;
+            check("type", existing.type_name(), &spec.kind)?;
             check("durable", &existing.durable.to_string(), &spec.durable.to_string())?;
             check("auto_delete", &existing.auto_delete.to_string(), &spec.auto_delete.to_string())?;
             check("internal", &existing.internal.to_string(), &spec.internal.to_string())?;
             return check_arguments(
-                &[exchange::ALTERNATE_EXCHANGE],
+                &[
+                    exchange::ALTERNATE_EXCHANGE,
+                    delayed::DELAYED_TYPE_ARGUMENT,
+                    delayed::DELAYED_EXCHANGE_ARGUMENT,
+                ],
                 &existing.arguments,
                 &spec.arguments,
                 "exchange",
@@ -175,7 +176,7 @@ impl Broker {
                 spec.name
             )));
         }
-        let exchange = Exchange::new(
+        let mut exchange = Exchange::new(
             spec.name,
             kind,
             spec.durable,
@@ -183,6 +184,21 @@ impl Broker {
             spec.internal,
             spec.arguments,
         );
+        if let Some(plugin_type) = delayed {
+            // Held messages live in the store under the exchange's own id, persisted with
+            // it when it is durable.
+            let store_id = if exchange.durable {
+                let id = self.next_queue_id;
+                self.next_queue_id = self.next_queue_id.saturating_add(1);
+                id
+            } else {
+                self.transient_queue_id()
+            };
+            exchange.delayed = Some(Delayed::new(plugin_type, store_id));
+            let held = HeldBy { store_id, durable: exchange.durable };
+            self.watch_delayed(&vhost_name, &exchange.name, held);
+        }
+        let vhost = self.vhost_mut(&vhost_name)?;
         let (name, durable) = (exchange.name.clone(), exchange.durable);
         vhost.exchanges.insert(name.clone(), exchange);
         if durable && let Err(e) = self.save_definitions() {
@@ -219,6 +235,8 @@ impl Broker {
             )));
         }
         let durable = exchange.durable;
+        // A delayed exchange's held messages go with it, released by the next tick (which
+        // also catches the exchanges that auto-delete).
         vhost.delete_exchange(name);
         if durable {
             self.save_definitions()?;

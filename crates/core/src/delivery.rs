@@ -8,6 +8,7 @@ use postroom_amqp::{BasicProperties, FieldTable, FieldValue, ShortStr};
 use crate::ConnectionId;
 use crate::broker::Broker;
 use crate::error::{BrokerError, Result};
+use crate::exchange::delayed::requested_delay;
 use crate::message::{Message, QueuedMessage, expiration_ms};
 use crate::policy::{DELIVERY_COUNT_HEADER, DeadLetterReason, Overflow};
 use crate::queue::{Consumer, Queue};
@@ -40,7 +41,7 @@ pub struct Published {
 }
 
 impl Published {
-    fn transient(route: RouteResult) -> Published {
+    pub(crate) fn transient(route: RouteResult) -> Published {
         Published { route, durable_at: None, rejected: false }
     }
 }
@@ -263,6 +264,11 @@ impl Broker {
                 "cannot publish to internal exchange '{}' in vhost '{vhost_name}'",
                 exchange.name
             )));
+        }
+        if exchange.delayed.is_some()
+            && let Some(delay) = requested_delay(properties.headers.as_ref())
+        {
+            return self.hold_delayed(&vhost_name, message, delay);
         }
         let mut targets = Vec::new();
         vhost.route(
@@ -791,10 +797,13 @@ impl Broker {
     /// queues unused for their `x-expires`, and delivers what became ready. Call regularly
     /// (the server does, every few milliseconds).
     pub fn tick(&mut self) {
+        let now = self.clock.now_ms();
+        if !self.timed_exchanges.is_empty() {
+            self.release_delayed(now);
+        }
         if self.timed.is_empty() {
             return;
         }
-        let now = self.clock.now_ms();
         let mut due: Vec<(ShortStr, ShortStr)> = Vec::new();
         let mut unused: Vec<(ShortStr, ShortStr)> = Vec::new();
         let (vhosts, store) = (&mut self.vhosts, &*self.store);

@@ -11,6 +11,7 @@
 //! - [`clock`]: the injected [`clock::Clock`].
 //! - [`definitions`]: declaring, binding and deleting exchanges and queues.
 //! - [`delivery`]: publish, consume, get, ack/nack/reject, recover, dispatch.
+//! - `delays`: holding and releasing the messages of delayed exchanges.
 //! - [`exchange`]: exchanges and bindings; one file per exchange type.
 //! - [`queue`]: queues and consumers.
 //! - [`policy`]: what queue arguments ask for (dead-lettering, limits), validated.
@@ -27,6 +28,7 @@ pub mod broker;
 pub mod clock;
 mod deadletter;
 pub mod definitions;
+mod delays;
 pub mod delivery;
 pub mod error;
 pub mod exchange;

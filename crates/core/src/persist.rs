@@ -13,8 +13,10 @@ use postroom_amqp::{FieldTable, FieldValue, ShortStr};
 use postroom_store::{QueueId, Recovered};
 
 use crate::broker::Broker;
+use crate::delays::HeldBy;
 use crate::error::{BrokerError, Result};
-use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use crate::exchange::delayed::{self, Delayed};
+use crate::exchange::{Binding, Destination, Exchange};
 
 use crate::queue::Queue;
 use crate::vhost::{PREDECLARED_EXCHANGES, VHost};
@@ -71,10 +73,14 @@ impl Broker {
                     exchanges.push(table(vec![
                         ("vhost", text(&vhost.name)),
                         ("name", text(&x.name)),
-                        ("type", text(x.kind.as_str())),
+                        ("type", text(x.type_name())),
                         ("auto_delete", x.auto_delete.into()),
                         ("internal", x.internal.into()),
                         ("arguments", FieldValue::Table(x.arguments.clone())),
+                        (
+                            "delay_id",
+                            FieldValue::I64(x.delayed.as_ref().map_or(-1, |d| d.store_id.into())),
+                        ),
                     ]));
                 }
                 if !persisted_exchange(vhost, &x.name) {
@@ -165,10 +171,14 @@ impl Broker {
             }
             for x in list("exchanges") {
                 let t = x.as_table().ok_or_else(|| bad("exchange"))?;
-                let kind =
-                    ExchangeKind::parse(&get(t, "type")).ok_or_else(|| bad("exchange type"))?;
-                let vhost = self.vhost_entry(&get(t, "vhost"));
-                let exchange = Exchange::new(
+                let (kind, delayed) = delayed::parse_declaration(&get(t, "type"), &args(t))
+                    .map_err(|_| bad("exchange type"))?;
+                let delay_id = t
+                    .get("delay_id")
+                    .and_then(FieldValue::as_int)
+                    .and_then(|i| QueueId::try_from(i).ok());
+                let vhost_name = get(t, "vhost");
+                let mut exchange = Exchange::new(
                     get(t, "name").into(),
                     kind,
                     true,
@@ -176,6 +186,15 @@ impl Broker {
                     flag(t, "internal"),
                     args(t),
                 );
+                if let (Some(plugin_type), Some(id)) = (delayed, delay_id) {
+                    // Held messages come back without their due times: the tick reads
+                    // them back in batches to learn them (arrival + `x-delay`).
+                    let refs = recovered.queues.remove(&id).unwrap_or_default();
+                    exchange.delayed = Some(Delayed::recovered(plugin_type, id, refs));
+                    let held = HeldBy { store_id: id, durable: true };
+                    self.watch_delayed(&vhost_name, &exchange.name, held);
+                }
+                let vhost = self.vhost_entry(&vhost_name);
                 vhost.exchanges.insert(exchange.name.clone(), exchange);
                 summary.exchanges += 1;
             }

@@ -1,6 +1,7 @@
 //! Exchanges and bindings. One file per exchange type holds its matching rule; this file
 //! holds what they share: the exchange record, bindings, and argument checks.
 
+pub mod delayed;
 pub mod direct;
 pub mod fanout;
 pub mod headers;
@@ -125,6 +126,8 @@ pub struct Exchange {
     pub arguments: FieldTable,
     /// Its bindings, in the order they were made.
     pub bindings: Vec<Binding>,
+    /// What it holds back, if it is a delayed exchange.
+    pub delayed: Option<delayed::Delayed>,
 }
 
 impl Exchange {
@@ -137,7 +140,24 @@ impl Exchange {
         internal: bool,
         arguments: FieldTable,
     ) -> Exchange {
-        Exchange { name, kind, durable, auto_delete, internal, arguments, bindings: Vec::new() }
+        Exchange {
+            name,
+            kind,
+            durable,
+            auto_delete,
+            internal,
+            arguments,
+            bindings: Vec::new(),
+            delayed: None,
+        }
+    }
+
+    /// The type it was declared with.
+    pub fn type_name(&self) -> &'static str {
+        match &self.delayed {
+            Some(delayed) if delayed.plugin_type => delayed::DELAYED_TYPE,
+            _ => self.kind.as_str(),
+        }
     }
 
     /// The alternate exchange named in the arguments, if any.

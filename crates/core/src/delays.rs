@@ -1,0 +1,211 @@
+//! The broker side of delayed exchanges ([`crate::exchange::delayed`]): holding a message
+//! on publish, routing it from [`Broker::tick`] once due, reading held messages back after
+//! a restart, and releasing the store references of a delayed exchange that is gone.
+//!
+//! A held message is stored under the exchange's store id. Its release writes it again for
+//! the queues it reaches before the hold's reference is acked: a crash in between repeats
+//! the routing after the restart (at least once), it never loses the message.
+
+use bytes::Bytes;
+
+use postroom_amqp::ShortStr;
+use postroom_store::{QueueId, Seq};
+
+use crate::broker::Broker;
+use crate::delivery::{Published, RouteResult};
+use crate::error::{BrokerError, Result};
+use crate::exchange::delayed::{DELAY_HEADER, Delayed, released_delay_header, requested_delay};
+use crate::message::Message;
+
+/// At most this many held messages are routed per tick, and at most this many bytes read
+/// back, so that a tick under the broker lock stays short; the rest wait for the next one.
+const RELEASE_PER_TICK: usize = 4096;
+const READ_BYTES_PER_TICK: usize = 4 << 20;
+
+/// A delayed exchange [`Broker::tick`] looks after: its store id, and whether that id is a
+/// durable one (else it returns to the transient pool once released).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HeldBy {
+    pub(crate) store_id: QueueId,
+    pub(crate) durable: bool,
+}
+
+impl Broker {
+    /// Registers a delayed exchange's hold with the tick. A hold registered before under the
+    /// same name (an exchange deleted and declared again before a tick noticed) has its
+    /// store references released first.
+    pub(crate) fn watch_delayed(&mut self, vhost: &str, exchange: &str, held: HeldBy) {
+        let key = (ShortStr::from(vhost), ShortStr::from(exchange));
+        if let Some(old) = self.timed_exchanges.insert(key, held)
+            && old != held
+        {
+            self.forget_delayed(old);
+        }
+    }
+
+    /// Releases what the hold of a delayed exchange that no longer exists still references.
+    fn forget_delayed(&mut self, held: HeldBy) {
+        let _ = self.store.release_from(held.store_id, 0);
+        if !held.durable {
+            self.free_transient_ids.push(held.store_id);
+        }
+    }
+
+    /// Holds a message published to a delayed exchange for `delay` ms. It is stored under
+    /// the exchange's id (appended if persistent on a durable exchange, so the confirm
+    /// waits for it; spilled otherwise), and counts as routed.
+    ///
+    /// # Errors
+    /// `StoreFailed` if the store refuses it.
+    pub(crate) fn hold_delayed(
+        &mut self,
+        vhost: &str,
+        message: Message,
+        delay: u64,
+    ) -> Result<Published> {
+        let due = message.arrived_at().saturating_add(delay);
+        let exchange =
+            self.vhosts.get_mut(vhost).and_then(|v| v.exchanges.get_mut(&message.exchange));
+        let Some(exchange) = exchange else {
+            return Ok(Published::transient(RouteResult::Unroutable));
+        };
+        let durable = exchange.durable;
+        let Some(held) = exchange.delayed.as_mut() else {
+            return Ok(Published::transient(RouteResult::Unroutable));
+        };
+        let id = held.store_id;
+        let stored = if message.is_persistent() && durable {
+            self.store.append(&[id], &message.encoded()).map(|(seq, lsn)| (seq, Some(lsn)))
+        } else {
+            self.store.spill(&[id], &message.encoded()).map(|seq| (seq, None))
+        };
+        let (seq, durable_at) = stored.map_err(|e| BrokerError::StoreFailed(e.to_string()))?;
+        held.hold(seq, due);
+        Ok(Published { route: RouteResult::Routed(1), durable_at, rejected: false })
+    }
+
+    /// Routes the held messages that are due and reads back a batch of those a restart
+    /// left without a due time. Part of [`Broker::tick`].
+    pub(crate) fn release_delayed(&mut self, now: u64) {
+        let watched: Vec<_> = self.timed_exchanges.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        for ((vhost, name), watched) in watched {
+            let exchange = self.vhosts.get_mut(&vhost).and_then(|v| v.exchanges.get_mut(&name));
+            let Some(held) = exchange.and_then(|x| x.delayed.as_mut()) else {
+                self.timed_exchanges.remove(&(vhost, name));
+                self.forget_delayed(watched);
+                continue;
+            };
+            if held.store_id != watched.store_id {
+                // Deleted and declared again between two ticks: the new hold is watched
+                // under the same name by `watch_delayed`, so this entry is stale.
+                continue;
+            }
+            resolve_batch(held, &*self.store, now);
+            let due = held.take_due(now, RELEASE_PER_TICK);
+            if due.is_empty() {
+                continue;
+            }
+            let (messages, unread) = read_due(&*self.store, held.store_id, due);
+            // Read back nothing yet (not written, or an I/O error): due again next tick.
+            for seq in unread {
+                held.hold(seq, now);
+            }
+            let id = held.store_id;
+            let mut released = Vec::with_capacity(messages.len());
+            for (seq, payload) in messages {
+                released.push(seq);
+                if let Ok(message) = Message::decode(&payload) {
+                    self.route_held(&vhost, message, now);
+                }
+            }
+            let _ = self.store.ack(id, &released);
+        }
+    }
+
+    /// Routes a message whose delay is over from its exchange, as its type says: with
+    /// `x-delay` negated (the plugin's mark of a delayed message), and arrived now, so the
+    /// TTLs of the queues it reaches count from here. Nobody waits for the result: an
+    /// unroutable message is dropped, as the plugin does (mandatory does not apply).
+    fn route_held(&mut self, vhost: &str, message: Message, now: u64) {
+        let mut properties = message.properties();
+        let mut headers = properties.headers.take().unwrap_or_default();
+        if let Some(delay) = requested_delay(Some(&headers)) {
+            headers.insert(DELAY_HEADER, released_delay_header(delay));
+        }
+        properties.headers = Some(headers);
+        let mut message = message.with_properties(properties);
+        message.stamp_arrival(now);
+        let Some(v) = self.vhosts.get(vhost) else { return };
+        let mut targets = Vec::new();
+        let headers = message.properties().headers;
+        if v.route(&message.exchange, &message.routing_key, headers.as_ref(), &mut targets).is_ok()
+            && !targets.is_empty()
+        {
+            let _ = self.enqueue(vhost, message, &targets);
+        }
+    }
+}
+
+/// Reads back a batch of held messages whose due time a restart left unknown, and gives
+/// each its due time: its arrival plus its `x-delay` (at once when either is missing, and
+/// dropped when it does not decode). Stops at the first read that fails: the next tick
+/// tries again.
+fn resolve_batch(held: &mut Delayed, store: &dyn postroom_store::Store, now: u64) {
+    let Some(first) = held.first_unresolved() else { return };
+    let Ok(batch) = store.read(held.store_id, first, RELEASE_PER_TICK, READ_BYTES_PER_TICK) else {
+        return;
+    };
+    for (seq, payload) in batch {
+        if !held.is_unresolved(seq) {
+            // Held since the restart: its due time is known already.
+            continue;
+        }
+        let due = Message::decode(&payload).ok().map(|message| {
+            let delay = requested_delay(message.properties().headers.as_ref());
+            match (message.arrived_at(), delay) {
+                (arrived, Some(delay)) if arrived != 0 => arrived.saturating_add(delay),
+                _ => now,
+            }
+        });
+        if due.is_none() {
+            let _ = store.ack(held.store_id, &[seq]);
+        }
+        held.resolve(seq, due);
+    }
+}
+
+/// Reads the messages `due` names (held under `store_id`) in runs of consecutive sequence
+/// numbers, returning them in sequence order, and those it could not read.
+fn read_due(
+    store: &dyn postroom_store::Store,
+    store_id: QueueId,
+    mut due: Vec<Seq>,
+) -> (Vec<(Seq, Bytes)>, Vec<Seq>) {
+    due.sort_unstable();
+    let (mut messages, mut unread) = (Vec::with_capacity(due.len()), Vec::new());
+    let mut bytes = 0usize;
+    let mut rest = due.as_slice();
+    while let Some(&first) = rest.first() {
+        let run = rest.windows(2).take_while(|w| w[1] == w[0] + 1).count() + 1;
+        let (wanted, after) = rest.split_at(run);
+        rest = after;
+        if bytes >= READ_BYTES_PER_TICK {
+            unread.extend_from_slice(wanted);
+            continue;
+        }
+        let read = store.read(store_id, first, run, READ_BYTES_PER_TICK).unwrap_or_default();
+        let end = first + run as Seq;
+        let mut wanted = wanted.iter().peekable();
+        for (seq, payload) in read.into_iter().filter(|(seq, _)| *seq < end) {
+            while let Some(skipped) = wanted.next_if(|w| **w < seq) {
+                unread.push(*skipped);
+            }
+            if wanted.next_if_eq(&&seq).is_some() {
+                bytes += payload.len();
+                messages.push((seq, payload));
+            }
+        }
+        unread.extend(wanted);
+    }
+    (messages, unread)
+}
