@@ -45,7 +45,7 @@ pub struct Broker {
     /// Queues with timed work for [`Broker::tick`] (vhost, queue).
     pub(crate) timed: HashSet<(ShortStr, ShortStr)>,
     /// Delayed exchanges, whose held messages [`Broker::tick`] routes when due.
-    pub(crate) timed_exchanges: HashMap<(ShortStr, ShortStr), crate::delays::HeldBy>,
+    pub(crate) timed_exchanges: HashSet<(ShortStr, ShortStr)>,
 }
 
 impl Broker {
@@ -70,7 +70,7 @@ impl Broker {
             next_transient_id: QueueId::MAX,
             clock: Arc::new(SystemClock),
             timed: HashSet::new(),
-            timed_exchanges: HashMap::new(),
+            timed_exchanges: HashSet::new(),
         }
     }
 
@@ -222,6 +222,14 @@ impl Broker {
             name: name.into(),
             vhost: name.into(),
         })
+    }
+
+    /// A store id for something saved with the definitions (a durable queue, a durable
+    /// exchange's delayed hold or deduplication window).
+    pub(crate) fn durable_store_id(&mut self) -> QueueId {
+        let id = self.next_queue_id;
+        self.next_queue_id = self.next_queue_id.saturating_add(1);
+        id
     }
 
     /// A store id for a queue that persists nothing (see `free_transient_ids`).

@@ -4,7 +4,7 @@ use postroom_amqp::{FieldTable, FieldValue, ShortStr};
 
 use crate::ConnectionId;
 use crate::broker::Broker;
-use crate::delays::HeldBy;
+use crate::dedup::{self, DedupPolicy, DedupWindow};
 use crate::error::{BrokerError, Result};
 use crate::exchange::delayed::{self, Delayed};
 use crate::exchange::{self, Binding, Destination, Exchange};
@@ -137,6 +137,10 @@ impl Broker {
             ));
         }
         exchange::validate_arguments(&spec.arguments)?;
+        let dedup = DedupPolicy::from_arguments(
+            &spec.arguments,
+            &format!("exchange '{}' in vhost '{vhost_name}'", spec.name),
+        )?;
         if let Some(existing) = vhost.exchanges.get(&spec.name) {
             let name = &spec.name;
             let check = |arg: &str, now: &str, got: &str| {
@@ -162,6 +166,9 @@ impl Broker {
                     exchange::ALTERNATE_EXCHANGE,
                     delayed::DELAYED_TYPE_ARGUMENT,
                     delayed::DELAYED_EXCHANGE_ARGUMENT,
+                    dedup::MESSAGE_DEDUPLICATION,
+                    dedup::CACHE_TTL,
+                    dedup::CACHE_SIZE,
                 ],
                 &existing.arguments,
                 &spec.arguments,
@@ -187,16 +194,15 @@ impl Broker {
         if let Some(plugin_type) = delayed {
             // Held messages live in the store under the exchange's own id, persisted with
             // it when it is durable.
-            let store_id = if exchange.durable {
-                let id = self.next_queue_id;
-                self.next_queue_id = self.next_queue_id.saturating_add(1);
-                id
-            } else {
-                self.transient_queue_id()
-            };
+            let store_id =
+                if exchange.durable { self.durable_store_id() } else { self.transient_queue_id() };
             exchange.delayed = Some(Delayed::new(plugin_type, store_id));
-            let held = HeldBy { store_id, durable: exchange.durable };
-            self.watch_delayed(&vhost_name, &exchange.name, held);
+            self.timed_exchanges.insert((vhost_name.clone(), exchange.name.clone()));
+        }
+        if let Some(policy) = dedup {
+            // A durable exchange's window is persisted under an id of its own.
+            let store_id = exchange.durable.then(|| self.durable_store_id());
+            exchange.dedup = Some(DedupWindow::new(policy, store_id));
         }
         let vhost = self.vhost_mut(&vhost_name)?;
         let (name, durable) = (exchange.name.clone(), exchange.durable);
@@ -357,13 +363,12 @@ impl Broker {
         // Every queue gets a store identity (to spill past its memory limit); only durable,
         // non-exclusive ones persist messages and are saved with the definitions.
         let persisted = queue.persists_messages();
-        queue.store_id = Some(if persisted {
-            let id = self.next_queue_id;
-            self.next_queue_id = self.next_queue_id.saturating_add(1);
-            id
-        } else {
-            self.transient_queue_id()
-        });
+        queue.store_id =
+            Some(if persisted { self.durable_store_id() } else { self.transient_queue_id() });
+        if persisted && let Some(window) = &mut queue.dedup {
+            // Its keys are persisted under an id of their own, so a restart keeps them.
+            window.store_id = Some(self.durable_store_id());
+        }
         queue.last_used = now;
         if queue.needs_timer() {
             self.timed.insert((vhost_name.clone(), name.clone()));
@@ -458,6 +463,9 @@ impl Broker {
             }
             // On failure the references stay; recovery releases them (their queue is gone).
             let _ = self.store.ack(id, &stored);
+        }
+        if let Some(id) = queue.dedup.as_ref().and_then(|d| d.store_id) {
+            let _ = self.store.release_from(id, 0);
         }
         // Only a change to what is saved needs a save (every queue has a store id, and
         // exclusive queues come and go with every RPC client).

@@ -8,7 +8,6 @@
 
 use bytes::Bytes;
 
-use postroom_amqp::ShortStr;
 use postroom_store::{QueueId, Seq};
 
 use crate::broker::Broker;
@@ -22,32 +21,19 @@ use crate::message::Message;
 const RELEASE_PER_TICK: usize = 4096;
 const READ_BYTES_PER_TICK: usize = 4 << 20;
 
-/// A delayed exchange [`Broker::tick`] looks after: its store id, and whether that id is a
-/// durable one (else it returns to the transient pool once released).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct HeldBy {
-    pub(crate) store_id: QueueId,
-    pub(crate) durable: bool,
-}
-
 impl Broker {
-    /// Registers a delayed exchange's hold with the tick. A hold registered before under the
-    /// same name (an exchange deleted and declared again before a tick noticed) has its
-    /// store references released first.
-    pub(crate) fn watch_delayed(&mut self, vhost: &str, exchange: &str, held: HeldBy) {
-        let key = (ShortStr::from(vhost), ShortStr::from(exchange));
-        if let Some(old) = self.timed_exchanges.insert(key, held)
-            && old != held
-        {
-            self.forget_delayed(old);
-        }
-    }
-
-    /// Releases what the hold of a delayed exchange that no longer exists still references.
-    fn forget_delayed(&mut self, held: HeldBy) {
-        let _ = self.store.release_from(held.store_id, 0);
-        if !held.durable {
-            self.free_transient_ids.push(held.store_id);
+    /// Releases the store ids of exchanges that are gone (see [`crate::vhost::VHost`]'s
+    /// `orphaned`). Part of [`Broker::tick`].
+    pub(crate) fn release_orphaned(&mut self) {
+        for vhost in self.vhosts.values_mut() {
+            for owned in vhost.orphaned.drain(..) {
+                // On failure the references stay; recovery releases them (no exchange
+                // names the id any more).
+                let _ = self.store.release_from(owned.id, 0);
+                if !owned.durable {
+                    self.free_transient_ids.push(owned.id);
+                }
+            }
         }
     }
 
@@ -87,19 +73,14 @@ impl Broker {
     /// Routes the held messages that are due and reads back a batch of those a restart
     /// left without a due time. Part of [`Broker::tick`].
     pub(crate) fn release_delayed(&mut self, now: u64) {
-        let watched: Vec<_> = self.timed_exchanges.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        for ((vhost, name), watched) in watched {
+        let watched: Vec<_> = self.timed_exchanges.iter().cloned().collect();
+        for (vhost, name) in watched {
             let exchange = self.vhosts.get_mut(&vhost).and_then(|v| v.exchanges.get_mut(&name));
             let Some(held) = exchange.and_then(|x| x.delayed.as_mut()) else {
+                // Gone: its store id was orphaned with it.
                 self.timed_exchanges.remove(&(vhost, name));
-                self.forget_delayed(watched);
                 continue;
             };
-            if held.store_id != watched.store_id {
-                // Deleted and declared again between two ticks: the new hold is watched
-                // under the same name by `watch_delayed`, so this entry is stale.
-                continue;
-            }
             resolve_batch(held, &*self.store, now);
             let due = held.take_due(now, RELEASE_PER_TICK);
             if due.is_empty() {

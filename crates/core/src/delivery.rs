@@ -7,6 +7,7 @@ use postroom_amqp::{BasicProperties, FieldTable, FieldValue, ShortStr};
 
 use crate::ConnectionId;
 use crate::broker::Broker;
+use crate::dedup::{Admission, Admit};
 use crate::error::{BrokerError, Result};
 use crate::exchange::delayed::requested_delay;
 use crate::message::{Message, QueuedMessage, expiration_ms};
@@ -25,6 +26,9 @@ pub enum RouteResult {
     Routed(usize),
     /// No queue took it.
     Unroutable,
+    /// A deduplicating exchange saw its key within the window: accepted (and confirmed)
+    /// but routed nowhere, and never returned.
+    Duplicate,
 }
 
 /// The answer to a publish.
@@ -265,27 +269,52 @@ impl Broker {
                 exchange.name
             )));
         }
-        if exchange.delayed.is_some()
+        let now = self.clock.now_ms();
+        let admission = match &exchange.dedup {
+            Some(window) => match window.admit(properties, now) {
+                Admit::Duplicate => return Ok(Published::transient(RouteResult::Duplicate)),
+                admit => admit.into_admission(),
+            },
+            None => None,
+        };
+        let exchange_name = message.exchange.clone();
+        let mut published = if exchange.delayed.is_some()
             && let Some(delay) = requested_delay(properties.headers.as_ref())
         {
-            return self.hold_delayed(&vhost_name, message, delay);
+            self.hold_delayed(&vhost_name, message, delay)?
+        } else {
+            let mut targets = Vec::new();
+            vhost.route(
+                &message.exchange,
+                &message.routing_key,
+                properties.headers.as_ref(),
+                &mut targets,
+            )?;
+            if targets.is_empty() {
+                Published::transient(RouteResult::Unroutable)
+            } else {
+                let enqueued = self.enqueue(&vhost_name, message, &targets)?;
+                Published {
+                    route: RouteResult::Routed(targets.len()),
+                    durable_at: enqueued.durable_at,
+                    rejected: enqueued.rejected,
+                }
+            }
+        };
+        // The exchange takes the key only once the message went where it should: one that
+        // failed, or that a full queue refused, may be published again.
+        if let Some(admission) = admission
+            && !published.rejected
+            && let Some(window) = self
+                .vhosts
+                .get_mut(&vhost_name)
+                .and_then(|v| v.exchanges.get_mut(&exchange_name))
+                .and_then(|x| x.dedup.as_mut())
+        {
+            let lsn = window.take(admission, now, &*self.store)?;
+            published.durable_at = published.durable_at.max(lsn);
         }
-        let mut targets = Vec::new();
-        vhost.route(
-            &message.exchange,
-            &message.routing_key,
-            properties.headers.as_ref(),
-            &mut targets,
-        )?;
-        if targets.is_empty() {
-            return Ok(Published::transient(RouteResult::Unroutable));
-        }
-        let enqueued = self.enqueue(&vhost_name, message, &targets)?;
-        Ok(Published {
-            route: RouteResult::Routed(targets.len()),
-            durable_at: enqueued.durable_at,
-            rejected: enqueued.rejected,
-        })
+        Ok(published)
     }
 
     /// Enqueues a routed message on `targets` (queues of `vhost`): written once to the store
@@ -307,13 +336,28 @@ impl Broker {
         let mut accepted: Vec<&ShortStr> = Vec::with_capacity(targets.len());
         let mut refused_dlx: Vec<ShortStr> = Vec::new();
         let mut rejected = false;
+        // Deduplicating queues skip a message whose key they saw, and take the key of one
+        // they accept (below, once it is stored).
+        let properties = targets
+            .iter()
+            .any(|name| vhost.queues.get(name).is_some_and(|q| q.dedup.is_some()))
+            .then(|| message.properties());
+        let mut admissions: Vec<(&ShortStr, Admission)> = Vec::new();
         for name in targets {
             let Some(queue) = vhost.queues.get(name) else { continue };
+            let mut admission = None;
+            if let (Some(window), Some(properties)) = (&queue.dedup, &properties) {
+                match window.admit(properties, now) {
+                    Admit::Duplicate => continue,
+                    admit => admission = admit.into_admission(),
+                }
+            }
             let policy = &queue.policy;
             let full = policy.overflow != Overflow::DropHead
                 && policy.over_limit(queue.ready.len() + 1, queue.ready.body_bytes() + size);
             if !full {
                 accepted.push(name);
+                admissions.extend(admission.map(|a| (name, a)));
                 continue;
             }
             rejected = true;
@@ -334,6 +378,13 @@ impl Broker {
             let appended = self.store.append(&stored_in, &message.encoded());
             Some(appended.map_err(|e| BrokerError::StoreFailed(e.to_string()))?)
         };
+        let mut durable_at = stored.map(|(_, lsn)| lsn);
+        for (name, admission) in admissions {
+            if let Some(window) = vhost.queues.get_mut(name).and_then(|q| q.dedup.as_mut()) {
+                let lsn = window.take(admission, now, &*self.store)?;
+                durable_at = durable_at.max(lsn);
+            }
+        }
         let message = Arc::new(message);
         let mut dropped: Vec<(ShortStr, Vec<QueuedMessage>)> = Vec::new();
         let mut expired: Vec<ShortStr> = Vec::new();
@@ -377,7 +428,7 @@ impl Broker {
             let entry = QueuedMessage::new(message.clone());
             self.dead_letter(vhost_name, &queue, vec![entry], DeadLetterReason::MaxLength);
         }
-        Ok(Enqueued { durable_at: stored.map(|(_, lsn)| lsn), rejected })
+        Ok(Enqueued { durable_at, rejected })
     }
 
     /// Delivers a reply addressed `amq.rabbitmq.reply-to.<connection>.<channel>.<secret>`
@@ -798,6 +849,7 @@ impl Broker {
     /// (the server does, every few milliseconds).
     pub fn tick(&mut self) {
         let now = self.clock.now_ms();
+        self.release_orphaned();
         if !self.timed_exchanges.is_empty() {
             self.release_delayed(now);
         }

@@ -16,6 +16,7 @@
 //! - [`queue`]: queues and consumers.
 //! - [`policy`]: what queue arguments ask for (dead-lettering, limits), validated.
 //! - `deadletter`: republishing to a dead-letter exchange with `x-death`.
+//! - [`dedup`]: deduplication windows of queues and exchanges.
 //! - [`backlog`]: a queue's ready messages, in memory up to a limit, then in the store.
 //! - [`session`]: channel delivery state, [`Outlet`] and [`Outbound`] events.
 //! - [`vhost`]: virtual hosts and routing across exchanges.
@@ -27,6 +28,7 @@ pub mod backlog;
 pub mod broker;
 pub mod clock;
 mod deadletter;
+pub mod dedup;
 pub mod definitions;
 mod delays;
 pub mod delivery;

@@ -13,7 +13,7 @@ use postroom_amqp::{FieldTable, FieldValue, ShortStr};
 use postroom_store::{QueueId, Recovered};
 
 use crate::broker::Broker;
-use crate::delays::HeldBy;
+use crate::dedup::{DedupPolicy, DedupWindow};
 use crate::error::{BrokerError, Result};
 use crate::exchange::delayed::{self, Delayed};
 use crate::exchange::{Binding, Destination, Exchange};
@@ -63,6 +63,11 @@ fn text(value: &str) -> FieldValue {
     FieldValue::string(value)
 }
 
+/// The store id of a deduplication window, as saved (-1: none).
+fn dedup_id(window: Option<&DedupWindow>) -> FieldValue {
+    FieldValue::I64(window.and_then(|w| w.store_id).map_or(-1, i64::from))
+}
+
 impl Broker {
     /// Encodes every persisted definition.
     pub fn encode_definitions(&self) -> Bytes {
@@ -81,6 +86,7 @@ impl Broker {
                             "delay_id",
                             FieldValue::I64(x.delayed.as_ref().map_or(-1, |d| d.store_id.into())),
                         ),
+                        ("dedup_id", dedup_id(x.dedup.as_ref())),
                     ]));
                 }
                 if !persisted_exchange(vhost, &x.name) {
@@ -116,6 +122,7 @@ impl Broker {
                     ("vhost", text(&vhost.name)),
                     ("name", text(&q.name)),
                     ("id", FieldValue::I64(q.store_id.map_or(-1, i64::from))),
+                    ("dedup_id", dedup_id(q.dedup.as_ref())),
                     ("auto_delete", q.auto_delete.into()),
                     ("arguments", FieldValue::Table(q.arguments.clone())),
                 ]));
@@ -173,10 +180,11 @@ impl Broker {
                 let t = x.as_table().ok_or_else(|| bad("exchange"))?;
                 let (kind, delayed) = delayed::parse_declaration(&get(t, "type"), &args(t))
                     .map_err(|_| bad("exchange type"))?;
-                let delay_id = t
-                    .get("delay_id")
-                    .and_then(FieldValue::as_int)
-                    .and_then(|i| QueueId::try_from(i).ok());
+                let id_of = |key: &str| {
+                    t.get(key).and_then(FieldValue::as_int).and_then(|i| QueueId::try_from(i).ok())
+                };
+                let delay_id = id_of("delay_id");
+                let dedup_id = id_of("dedup_id");
                 let vhost_name = get(t, "vhost");
                 let mut exchange = Exchange::new(
                     get(t, "name").into(),
@@ -191,8 +199,13 @@ impl Broker {
                     // them back in batches to learn them (arrival + `x-delay`).
                     let refs = recovered.queues.remove(&id).unwrap_or_default();
                     exchange.delayed = Some(Delayed::recovered(plugin_type, id, refs));
-                    let held = HeldBy { store_id: id, durable: true };
-                    self.watch_delayed(&vhost_name, &exchange.name, held);
+                    self.timed_exchanges
+                        .insert((vhost_name.as_str().into(), exchange.name.clone()));
+                }
+                let what = format!("exchange '{}' in vhost '{vhost_name}'", exchange.name);
+                let policy = DedupPolicy::from_arguments(&exchange.arguments, &what);
+                if let (Ok(Some(policy)), Some(id)) = (policy, dedup_id) {
+                    exchange.dedup = Some(self.restore_window(policy, id, &mut recovered, now));
                 }
                 let vhost = self.vhost_entry(&vhost_name);
                 vhost.exchanges.insert(exchange.name.clone(), exchange);
@@ -209,6 +222,13 @@ impl Broker {
                     .and_then(FieldValue::as_int)
                     .and_then(|i| QueueId::try_from(i).ok());
                 queue.store_id = id;
+                let dedup_id = t
+                    .get("dedup_id")
+                    .and_then(FieldValue::as_int)
+                    .and_then(|i| QueueId::try_from(i).ok());
+                if let (Some(policy), Some(dedup_id)) = (queue.policy.dedup, dedup_id) {
+                    queue.dedup = Some(self.restore_window(policy, dedup_id, &mut recovered, now));
+                }
                 if let Some(id) = id {
                     by_id.insert(id, (vhost_name.as_str().into(), queue.name.clone()));
                 }
@@ -264,6 +284,22 @@ impl Broker {
             }
         }
         Ok(summary)
+    }
+
+    /// A durable deduplication window as its records in the store left it.
+    fn restore_window(
+        &self,
+        policy: DedupPolicy,
+        id: QueueId,
+        recovered: &mut Recovered,
+        now: u64,
+    ) -> DedupWindow {
+        // Bounded by the window's size: its expired and pushed-out keys were acked.
+        let records = match recovered.queues.remove(&id) {
+            Some(_) => self.store.read(id, 0, usize::MAX, usize::MAX).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        DedupWindow::restore(policy, id, records, now, &*self.store)
     }
 
     fn vhost_entry(&mut self, name: &str) -> &mut VHost {

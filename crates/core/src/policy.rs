@@ -5,6 +5,7 @@
 
 use postroom_amqp::{FieldTable, FieldValue, ShortStr};
 
+use crate::dedup::DedupPolicy;
 use crate::error::{BrokerError, Result};
 
 /// `x-dead-letter-exchange`: where rejected, expired, dropped or over-delivered messages go.
@@ -79,6 +80,8 @@ pub struct QueuePolicy {
     pub single_active_consumer: bool,
     /// Retry with backoff for messages nacked or rejected with `requeue = true`.
     pub retry: Option<RetryPolicy>,
+    /// Deduplication of published messages (`x-message-deduplication`).
+    pub dedup: Option<DedupPolicy>,
 }
 
 /// Postroom's retry with exponential backoff: a message returned with `requeue = true` for
@@ -243,6 +246,10 @@ impl QueuePolicy {
             max_priority: integer(MAX_PRIORITY, 1, 255)?.map(|n| n as u8),
             single_active_consumer,
             retry,
+            dedup: DedupPolicy::from_arguments(
+                arguments,
+                &format!("queue '{queue}' in vhost '{vhost}'"),
+            )?,
         })
     }
 

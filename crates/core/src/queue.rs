@@ -7,6 +7,7 @@ use postroom_amqp::{FieldTable, ShortStr};
 use postroom_store::{QueueId, Store};
 
 use crate::backlog::Backlog;
+use crate::dedup::DedupWindow;
 use crate::policy::QueuePolicy;
 
 use crate::ConnectionId;
@@ -30,6 +31,9 @@ pub const EQUIVALENCE_ARGUMENTS: &[&str] = &[
     "x-retry-multiplier",
     "x-retry-max-delay",
     "x-retry-jitter",
+    crate::dedup::MESSAGE_DEDUPLICATION,
+    crate::dedup::CACHE_TTL,
+    crate::dedup::CACHE_SIZE,
 ];
 
 /// A consumer attached to a queue.
@@ -86,6 +90,8 @@ pub struct Queue {
     /// When it was last used (declared, consumed from, read with `basic.get`), ms: what
     /// `x-expires` counts from.
     pub last_used: u64,
+    /// The keys of the messages it took lately, if it deduplicates.
+    pub dedup: Option<DedupWindow>,
 }
 
 impl Queue {
@@ -107,7 +113,6 @@ impl Queue {
             durable,
             exclusive_owner,
             auto_delete,
-            policy,
             arguments,
             ready,
             consumers: Vec::new(),
@@ -118,6 +123,10 @@ impl Queue {
             expired: Vec::new(),
             expiring: false,
             last_used: 0,
+            // Kept in memory only until the declare gives a persisted queue's window a
+            // store id of its own.
+            dedup: policy.dedup.map(|dedup| DedupWindow::new(dedup, None)),
+            policy,
         }
     }
 

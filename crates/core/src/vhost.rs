@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use postroom_amqp::{FieldTable, ShortStr};
 
 use crate::error::{BrokerError, Result};
-use crate::exchange::{Destination, Exchange, ExchangeKind};
+use crate::exchange::{Destination, Exchange, ExchangeKind, OwnedStoreId};
 use crate::queue::Queue;
 
 /// The exchanges every virtual host starts with (besides the default exchange).
@@ -26,6 +26,10 @@ pub struct VHost {
     pub exchanges: HashMap<ShortStr, Exchange>,
     /// Queues by name.
     pub queues: HashMap<ShortStr, Queue>,
+    /// Store ids of exchanges removed since the broker last released them
+    /// ([`crate::Broker::tick`] does): however an exchange goes (deleted, or auto-deleted
+    /// with its last binding), what it held in the store goes with it.
+    pub(crate) orphaned: Vec<OwnedStoreId>,
 }
 
 impl VHost {
@@ -40,7 +44,7 @@ impl VHost {
         for (name, kind) in PREDECLARED_EXCHANGES {
             add(name, *kind);
         }
-        VHost { name: name.into(), exchanges, queues: HashMap::new() }
+        VHost { name: name.into(), exchanges, queues: HashMap::new(), orphaned: Vec::new() }
     }
 
     /// The exchange `name`.
@@ -153,6 +157,7 @@ impl VHost {
             }
             for name in emptied {
                 if let Some(exchange) = self.exchanges.remove(&name) {
+                    self.orphaned.extend(exchange.owned_store_ids());
                     pending.push(Destination::Exchange(exchange.name));
                 }
             }
@@ -162,6 +167,7 @@ impl VHost {
     /// Deletes an exchange and every binding to it.
     pub fn delete_exchange(&mut self, name: &str) {
         if let Some(exchange) = self.exchanges.remove(name) {
+            self.orphaned.extend(exchange.owned_store_ids());
             self.remove_bindings_to(&Destination::Exchange(exchange.name));
         }
     }

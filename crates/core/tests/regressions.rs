@@ -335,3 +335,87 @@ fn a_scheduled_retry_survives_a_restart() {
     let got = broker.basic_get(key, "jobs", false).unwrap().expect("released on time");
     assert_eq!((got.message.body.as_ref(), got.delivery_count), (b"later".as_ref(), 1));
 }
+
+fn arguments(entries: &[(&str, FieldValue)]) -> FieldTable {
+    entries.iter().map(|(k, v)| (ShortStr::from(*k), v.clone())).collect()
+}
+
+fn references(store: &MemoryStore) -> u64 {
+    store.snapshot().queues.values().map(|refs| refs.len()).sum()
+}
+
+impl Fixture {
+    fn declare_delayed(&mut self, name: &str, auto_delete: bool) {
+        let spec = ExchangeSpec {
+            name: name.into(),
+            kind: "x-delayed-message".into(),
+            durable: true,
+            auto_delete,
+            arguments: arguments(&[("x-delayed-type", FieldValue::string("direct"))]),
+            ..Default::default()
+        };
+        self.broker.exchange_declare(self.key.connection, spec).unwrap();
+        self.declare("held", true, false);
+        let destination = Destination::Queue("held".into());
+        let bind =
+            self.broker.bind(self.key.connection, name, destination, "k".into(), FieldTable::new());
+        bind.unwrap();
+    }
+
+    fn publish_delayed(&mut self, exchange: &str, delay: i32) {
+        let properties = BasicProperties {
+            delivery_mode: Some(2),
+            headers: Some(arguments(&[("x-delay", FieldValue::I32(delay))])),
+            ..Default::default()
+        };
+        let message = Message::new(exchange.into(), "k".into(), properties.clone(), "later".into());
+        self.broker.publish(self.key, message, &properties).unwrap();
+    }
+}
+
+/// Issue 4: a delayed message is routed on the first tick at or after its due time.
+#[test]
+fn a_delayed_message_is_routed_once_its_delay_is_over() {
+    let mut f = Fixture::new();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    f.broker.set_clock(clock.clone());
+    f.declare_delayed("dx", false);
+    f.publish_delayed("dx", 5_000);
+    clock.advance(4_999);
+    f.broker.tick();
+    assert!(f.get("held").is_none(), "routed before its delay");
+    clock.advance(1);
+    f.broker.tick();
+    let got = f.get("held").expect("routed once due");
+    let headers = got.message.properties().headers.unwrap();
+    assert_eq!(headers.get("x-delay").and_then(FieldValue::as_int), Some(-5_000));
+}
+
+/// Issue 4: whatever removes a delayed exchange or a deduplicating queue (delete, or
+/// auto-delete with its last binding), what they held in the store is released.
+#[test]
+fn removed_delayed_exchanges_and_dedup_queues_release_their_store_references() {
+    let mut f = Fixture::new();
+    f.declare_delayed("deleted", false);
+    f.publish_delayed("deleted", 60_000);
+    assert_eq!(references(&f.store), 1);
+    f.broker.exchange_delete(f.key.connection, "deleted", false).unwrap();
+    f.broker.tick();
+    assert_eq!(references(&f.store), 0, "deleted exchange");
+
+    f.declare_delayed("auto", true);
+    f.publish_delayed("auto", 60_000);
+    let destination = Destination::Queue("held".into());
+    f.broker.unbind(f.key.connection, "auto", destination, "k", &FieldTable::new()).unwrap();
+    assert!(!f.broker.vhost("/").unwrap().exchanges.contains_key("auto"), "auto-deleted");
+    f.broker.tick();
+    assert_eq!(references(&f.store), 0, "auto-deleted exchange");
+
+    f.declare_with("dedup", &[("x-message-deduplication", FieldValue::Bool(true))]);
+    let properties = BasicProperties { message_id: Some("m".into()), ..Default::default() };
+    let message = Message::new("".into(), "dedup".into(), properties.clone(), "x".into());
+    f.broker.publish(f.key, message, &properties).unwrap();
+    assert_eq!(references(&f.store), 1, "the transient message is not stored; its key is");
+    f.broker.queue_delete(f.key.connection, "dedup", false, false).unwrap();
+    assert_eq!(references(&f.store), 0, "deleted dedup queue");
+}

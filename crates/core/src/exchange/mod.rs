@@ -8,6 +8,7 @@ pub mod headers;
 pub mod topic;
 
 use postroom_amqp::{FieldTable, ShortStr};
+use postroom_store::QueueId;
 
 use crate::error::{BrokerError, Result};
 
@@ -128,6 +129,18 @@ pub struct Exchange {
     pub bindings: Vec<Binding>,
     /// What it holds back, if it is a delayed exchange.
     pub delayed: Option<delayed::Delayed>,
+    /// The keys it saw lately, if it deduplicates (`x-message-deduplication`).
+    pub dedup: Option<crate::dedup::DedupWindow>,
+}
+
+/// A store id an exchange owns (for a delayed hold or a deduplication window): released
+/// when the exchange goes, and returned to the transient pool then unless it is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnedStoreId {
+    /// The id.
+    pub id: QueueId,
+    /// Whether it came from the durable ids (saved with the definitions).
+    pub durable: bool,
 }
 
 impl Exchange {
@@ -149,7 +162,20 @@ impl Exchange {
             arguments,
             bindings: Vec::new(),
             delayed: None,
+            dedup: None,
         }
+    }
+
+    /// The store ids it owns.
+    pub fn owned_store_ids(&self) -> Vec<OwnedStoreId> {
+        let mut ids = Vec::new();
+        if let Some(held) = &self.delayed {
+            ids.push(OwnedStoreId { id: held.store_id, durable: self.durable });
+        }
+        if let Some(id) = self.dedup.as_ref().and_then(|d| d.store_id) {
+            ids.push(OwnedStoreId { id, durable: true });
+        }
+        ids
     }
 
     /// The type it was declared with.
