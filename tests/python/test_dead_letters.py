@@ -202,3 +202,39 @@ def test_dead_lettered_persistent_messages_survive_a_restart(fresh_broker):
     assert bodies == [b"a", b"b", None]
     assert get_body(channel, "work") is None
     conn.close()
+
+
+def test_dead_lettering_loses_nothing_when_the_broker_is_killed(fresh_broker):
+    """Each rejected persistent message is in the work queue or the dead-letter queue after
+    a kill -9 right behind the rejects: dead-lettering is durable."""
+    from conftest import connect, crash_restart
+
+    conn = connect(fresh_broker.amqp_url)
+    channel = conn.channel()
+    channel.queue_declare("dead", durable=True)
+    channel.queue_declare(
+        "work",
+        durable=True,
+        arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead"},
+    )
+    bodies = [str(i).encode() for i in range(200)]
+    publish_confirmed(conn, "work", bodies, delivery_mode=2)
+    channel.basic_qos(prefetch_count=200)
+    received = []
+    channel.basic_consume("work", lambda ch, m, p, b: received.append(m.delivery_tag))
+    deadline = time.monotonic() + 10
+    while len(received) < 200 and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.05)
+    assert len(received) == 200
+    for tag in received:
+        channel.basic_reject(tag, requeue=False)
+    conn.process_data_events(time_limit=0)
+    crash_restart(fresh_broker)
+    conn = connect(fresh_broker.amqp_url)
+    channel = conn.channel()
+    found = []
+    for queue in ("work", "dead"):
+        while (body := get_body(channel, queue)) is not None:
+            found.append(body)
+    assert sorted(set(found)) == sorted(bodies), "a dead-lettered message was lost"
+    conn.close()

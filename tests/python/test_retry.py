@@ -81,3 +81,70 @@ def test_retries_end_in_the_dead_letter_exchange_after_the_delivery_limit(channe
     assert body == b"poison"
     assert properties.headers["x-death"][0]["reason"] == "delivery_limit"
     assert channel.basic_get(queue)[0] is None
+
+
+def test_three_nacks_wait_longer_each_time_then_dead_letter_with_x_death(channel, unique_name):
+    queue, dead = unique_name("jobs"), unique_name("dead")
+    channel.queue_declare(dead)
+    channel.queue_declare(
+        queue,
+        arguments={
+            "x-retry-initial-delay": 150,
+            "x-retry-multiplier": 2,
+            "x-retry-jitter": decimal.Decimal("0.1"),
+            "x-delivery-limit": 3,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": dead,
+        },
+    )
+    publish(channel, queue, b"poison", message_id="p-1")
+    arrivals = []
+    for _ in range(4):
+        method, properties, _ = wait_get(channel, queue)
+        arrivals.append((time.monotonic(), (properties.headers or {}).get("x-delivery-count", 0)))
+        channel.basic_nack(method.delivery_tag, requeue=True)
+    assert [count for _, count in arrivals] == [0, 1, 2, 3]
+    waits = [b[0] - a[0] for a, b in zip(arrivals, arrivals[1:])]
+    # 150, 300, 600 ms, each within its 10 % jitter (and what a loaded machine adds).
+    for n, wait in enumerate(waits):
+        assert wait >= 0.15 * 2**n * 0.9 - 0.01, f"retry {n + 1} after {wait:.3f} s"
+    assert waits[0] < waits[1] < waits[2], waits
+    died_at = time.time()
+    _, properties, body = wait_get(channel, dead)
+    assert body == b"poison"
+    assert properties.message_id == "p-1"
+    death = properties.headers["x-death"][0]
+    assert (death["reason"], death["queue"], death["count"]) == ("delivery_limit", queue, 1)
+    assert death["exchange"] == "" and death["routing-keys"] == [queue]
+    assert abs(death["time"].timestamp() - died_at) < 5
+    assert properties.headers["x-first-death-reason"] == "delivery_limit"
+    assert properties.headers["x-last-death-queue"] == queue
+
+
+def test_a_scheduled_retry_survives_kill_9_and_keeps_its_backoff(fresh_broker):
+    from conftest import connect, crash_restart
+
+    conn = connect(fresh_broker.amqp_url)
+    channel = conn.channel()
+    channel.queue_declare(
+        "jobs",
+        durable=True,
+        arguments={"x-retry-initial-delay": 2500, "x-retry-jitter": decimal.Decimal("0")},
+    )
+    channel.confirm_delivery()
+    publish(channel, "jobs", b"flaky", delivery_mode=2)
+    method, _, _ = wait_get(channel, "jobs")
+    channel.basic_nack(method.delivery_tag, requeue=True)
+    nacked_at = time.monotonic()
+    # The retry's schedule is written with the next group commit; nobody waits for it.
+    conn.sleep(0.2)
+    crash_restart(fresh_broker)
+    conn = connect(fresh_broker.amqp_url)
+    channel = conn.channel()
+    method, properties, body = wait_get(channel, "jobs")
+    assert body == b"flaky"
+    assert method.redelivered
+    assert properties.headers["x-delivery-count"] == 1
+    assert time.monotonic() - nacked_at >= 2.45, "the backoff was lost in the crash"
+    channel.basic_ack(method.delivery_tag)
+    conn.close()
