@@ -148,3 +148,46 @@ def test_a_scheduled_retry_survives_kill_9_and_keeps_its_backoff(fresh_broker):
     assert time.monotonic() - nacked_at >= 2.45, "the backoff was lost in the crash"
     channel.basic_ack(method.delivery_tag)
     conn.close()
+
+
+def test_retry_delays_stop_growing_at_the_max_delay(channel, unique_name):
+    queue = unique_name("jobs")
+    channel.queue_declare(
+        queue,
+        arguments={
+            "x-retry-initial-delay": 100,
+            "x-retry-multiplier": 10,
+            "x-retry-max-delay": 250,
+            "x-retry-jitter": decimal.Decimal("0"),
+        },
+    )
+    publish(channel, queue, b"flaky")
+    method, _, _ = wait_get(channel, queue)
+    waits = []
+    for _ in range(3):
+        channel.basic_nack(method.delivery_tag, requeue=True)
+        nacked = time.monotonic()
+        method, _, _ = wait_get(channel, queue)
+        waits.append(time.monotonic() - nacked)
+    channel.basic_ack(method.delivery_tag)
+    # 100 ms, then 1000 and 10 000 ms capped at 250.
+    assert waits[0] >= 0.095 and waits[1] >= 0.245 and waits[2] >= 0.245, waits
+    assert waits[2] < 2.0, f"the cap did not hold: {waits}"
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"x-retry-initial-delay": -1},
+        {"x-retry-initial-delay": "100"},
+        {"x-retry-initial-delay": 10, "x-retry-multiplier": decimal.Decimal("0.5")},
+        {"x-retry-initial-delay": 10, "x-retry-jitter": 2},
+        {"x-retry-initial-delay": 10, "x-retry-max-delay": -3},
+        {"x-retry-multiplier": 2},
+    ],
+)
+def test_invalid_retry_arguments_are_refused_with_406(connection, unique_name, arguments):
+    from conftest import channel_closed_with
+
+    with channel_closed_with(406):
+        connection.channel().queue_declare(unique_name("bad"), arguments=arguments)
