@@ -189,3 +189,21 @@ def test_keys_leave_the_window_in_time_after_a_restart(fresh_broker):
     publish(channel, "q", b"3", message_id="k", delivery_mode=2)
     assert drain(channel, "q") == [b"1", b"3"]
     conn.close()
+
+
+def test_the_plugins_exchange_type_deduplicates_like_a_fanout(connection, unique_name):
+    channel = confirmed_channel(connection)
+    exchange, one, two = unique_name("dedup-x"), unique_name("one"), unique_name("two")
+    # As in the plugin's own example: the type, and the size as a string.
+    channel.exchange_declare(exchange, "x-message-deduplication", arguments={"x-cache-size": "5"})
+    for queue in (one, two):
+        channel.queue_declare(queue)
+        channel.queue_bind(queue, exchange, routing_key="ignored")
+    for _ in range(3):
+        publish(channel, "any-key", b"hello", exchange=exchange,
+                headers={"x-deduplication-header": "md5-of-hello"})
+    assert drain(channel, one) == [b"hello"]
+    assert drain(channel, two) == [b"hello"]
+    channel.exchange_declare(exchange, "x-message-deduplication", arguments={"x-cache-size": "5"})
+    with channel_closed_with(406):
+        channel.exchange_declare(exchange, "fanout", arguments={"x-cache-size": "5"})

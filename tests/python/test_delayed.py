@@ -203,3 +203,11 @@ def test_no_confirmed_delayed_message_is_lost_or_early_across_kill_9_mid_release
         seen.add(body)
     assert seen == set(due), f"seed {seed}: lost {sorted(set(due) - seen)[:10]}"
     conn.close()
+
+
+def test_a_delay_past_the_plugins_limit_routes_at_once(connection, unique_name):
+    channel = connection.channel()
+    exchange, queue = unique_name("delayed"), unique_name("q")
+    delayed_exchange(channel, exchange, queue)
+    publish_delayed(channel, exchange, b"too far", 2**32)
+    assert get_body(channel, queue) == b"too far"

@@ -46,6 +46,8 @@ pub struct Broker {
     pub(crate) timed: HashSet<(ShortStr, ShortStr)>,
     /// Delayed exchanges, whose held messages [`Broker::tick`] routes when due.
     pub(crate) timed_exchanges: HashSet<(ShortStr, ShortStr)>,
+    /// Which delayed exchange goes first on the next tick (they take turns).
+    pub(crate) delayed_turn: usize,
 }
 
 impl Broker {
@@ -71,6 +73,7 @@ impl Broker {
             clock: Arc::new(SystemClock),
             timed: HashSet::new(),
             timed_exchanges: HashSet::new(),
+            delayed_turn: 0,
         }
     }
 

@@ -10,6 +10,7 @@ use postroom_amqp::{FieldTable, FieldValue, ShortStr};
 use postroom_store::Seq;
 
 use crate::broker::Broker;
+use crate::delivery::Origin;
 use crate::message::{Message, QueuedMessage};
 use crate::policy::DeadLetterReason;
 
@@ -55,7 +56,7 @@ impl Broker {
                 if !targets.is_empty() {
                     // A failed store append leaves the original in the journal: it comes
                     // back after a restart rather than being lost.
-                    if self.enqueue(vhost, copy, &targets).is_err() {
+                    if self.enqueue(vhost, copy, &targets, Origin::DeadLetter).is_err() {
                         return;
                     }
                 }

@@ -8,12 +8,19 @@
 //! own `x-cache-ttl` header may shorten or lengthen its stay in the window.
 //!
 //! The window of a durable queue or exchange survives a restart: every key taken is
-//! appended to the store under the window's own store id (expiry time and key), before the
-//! message it came with, so the confirm that covers the message covers its key; keys that
-//! leave the window are acked. Restoring reads them back ([`DedupWindow::restore`]).
+//! appended to the store under the window's own store id (expiry time and key) right after
+//! the message it came with, and the confirm waits for both; keys that leave the window are
+//! acked. (Key first would be wrong: a crash between the two would keep the key of a
+//! message that was never confirmed, and drop its retry.) Restoring reads them back
+//! ([`DedupWindow::restore`]). A duplicate's confirm waits for what its original's did, so
+//! a duplicate is never confirmed before the message it duplicates is safe.
+//!
+//! Messages that the broker itself moves (dead-lettering) are not checked: a message that
+//! comes back to its queue through a dead-letter cycle is the same message, not a repeat.
 //!
 //! Memory is one map entry and one queue entry per key in the window, bounded by
-//! `x-cache-size`; expired keys are dropped from the front as new ones arrive.
+//! `x-cache-size`; keys longer than [`LONG_KEY`] bytes are kept as a 128-bit hash (the
+//! store keeps them whole). Expired keys are dropped from the front as new ones arrive.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -37,8 +44,18 @@ pub const DEFAULT_CACHE_SIZE: u64 = 100_000;
 /// The largest `x-cache-size` accepted: every key costs memory.
 pub const MAX_CACHE_SIZE: u64 = 10_000_000;
 
+/// The deduplication plugin's exchange type: a fanout exchange that deduplicates (its
+/// `x-cache-*` arguments apply without `x-message-deduplication`).
+pub const DEDUP_EXCHANGE_TYPE: &str = "x-message-deduplication";
+/// The plugin's `x-cache-persistence` (`memory` or `disk`): accepted; a durable window is
+/// always persisted, a transient one never.
+pub const CACHE_PERSISTENCE: &str = "x-cache-persistence";
+
+/// Keys longer than this are remembered in memory as a 128-bit hash of themselves.
+pub const LONG_KEY: usize = 64;
+
 /// The arguments of a queue or exchange that its deduplication settings are read from.
-pub const ARGUMENTS: [&str; 3] = [MESSAGE_DEDUPLICATION, CACHE_TTL, CACHE_SIZE];
+pub const ARGUMENTS: [&str; 4] = [MESSAGE_DEDUPLICATION, CACHE_TTL, CACHE_SIZE, CACHE_PERSISTENCE];
 
 /// What a deduplication window keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,13 +74,38 @@ impl DedupPolicy {
     /// `PreconditionFailed` naming the argument, for a value of the wrong type or range, or
     /// `x-cache-*` without `x-message-deduplication`.
     pub fn from_arguments(arguments: &FieldTable, what: &str) -> Result<Option<DedupPolicy>> {
+        Self::parse(arguments, what, false)
+    }
+
+    /// What an exchange declaration asks for: the routing type to use (`fanout` for the
+    /// plugin's [`DEDUP_EXCHANGE_TYPE`], else `kind` itself) and its deduplication.
+    ///
+    /// # Errors
+    /// As [`DedupPolicy::from_arguments`].
+    pub fn for_exchange<'a>(
+        kind: &'a str,
+        arguments: &FieldTable,
+        what: &str,
+    ) -> Result<(&'a str, Option<DedupPolicy>)> {
+        if kind == DEDUP_EXCHANGE_TYPE {
+            return Ok(("fanout", Self::parse(arguments, what, true)?));
+        }
+        Ok((kind, Self::parse(arguments, what, false)?))
+    }
+
+    fn parse(arguments: &FieldTable, what: &str, by_type: bool) -> Result<Option<DedupPolicy>> {
         let invalid = |key: &str, why: &str, value: &FieldValue| {
             BrokerError::PreconditionFailed(format!(
                 "invalid arg '{key}' for {what}: {why}, got {value:?}"
             ))
         };
+        if let Some(value) = arguments.get(CACHE_PERSISTENCE)
+            && !matches!(value.as_str(), Some("memory" | "disk"))
+        {
+            return Err(invalid(CACHE_PERSISTENCE, "expected memory or disk", value));
+        }
         let enabled = match arguments.get(MESSAGE_DEDUPLICATION) {
-            None => false,
+            None => by_type,
             Some(value) => value
                 .as_bool()
                 .ok_or_else(|| invalid(MESSAGE_DEDUPLICATION, "expected a boolean", value))?,
@@ -71,7 +113,12 @@ impl DedupPolicy {
         let integer = |key: &str, max: u64| -> Result<Option<u64>> {
             match arguments.get(key) {
                 None => Ok(None),
-                Some(value) => match value.as_int().and_then(|n| u64::try_from(n).ok()) {
+                // The plugin's documented examples pass numbers as strings: accept those.
+                Some(value) => match value
+                    .as_int()
+                    .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
+                    .and_then(|n| u64::try_from(n).ok())
+                {
                     Some(n) if (1..=max).contains(&n) => Ok(Some(n)),
                     _ => Err(invalid(key, &format!("expected an integer in 1..={max}"), value)),
                 },
@@ -131,14 +178,21 @@ struct Entry {
     expires_at: u64,
     /// Its record in the store, if persisted.
     seq: Option<Seq>,
+    /// What the confirm of the message that brought the key waited for (its message and
+    /// its key record): a duplicate's confirm waits for it too.
+    durable_at: Option<Lsn>,
     stamp: u64,
 }
 
 /// What a window says of a message ([`DedupWindow::admit`]).
 #[derive(Debug, Clone)]
 pub enum Admit {
-    /// Its key is in the window: accept it, but do not enqueue or route it.
-    Duplicate,
+    /// Its key is in the window: accept it, but do not enqueue or route it; confirm it
+    /// once `durable_at` (its original's position) is durable.
+    Duplicate {
+        /// The store position the original's confirm waited for.
+        durable_at: Option<Lsn>,
+    },
     /// A new key, to [`DedupWindow::take`] once the message is accepted.
     New(Admission),
     /// It has no key: it always passes.
@@ -148,8 +202,35 @@ pub enum Admit {
 /// A key to take into a window once the message is accepted ([`DedupWindow::take`]).
 #[derive(Debug, Clone)]
 pub struct Admission {
-    key: Bytes,
+    key: Key,
     ttl: Option<u64>,
+}
+
+/// A key as the store keeps it (`whole`) and as memory does (`remembered`: the same, or a
+/// hash of a long one).
+#[derive(Debug, Clone)]
+struct Key {
+    whole: Bytes,
+    remembered: Bytes,
+}
+
+/// A key as the window remembers it: itself if short, else a 128-bit hash of it (two
+/// SipHash passes with different prefixes), marked so it cannot equal a short key.
+fn remembered(whole: Bytes) -> Key {
+    use std::hash::{Hash, Hasher};
+    if whole.len() <= LONG_KEY {
+        return Key { remembered: whole.clone(), whole };
+    }
+    let mut hashed = BytesMut::with_capacity(LONG_KEY + 1 + 16);
+    // Longer than any short key, so the two kinds never meet.
+    hashed.put_bytes(0, LONG_KEY + 1);
+    for prefix in [0u8, 1] {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        prefix.hash(&mut hasher);
+        whole.hash(&mut hasher);
+        hashed.put_u64(hasher.finish());
+    }
+    Key { whole, remembered: hashed.freeze() }
 }
 
 impl Admit {
@@ -157,7 +238,7 @@ impl Admit {
     pub fn into_admission(self) -> Option<Admission> {
         match self {
             Admit::New(admission) => Some(admission),
-            Admit::Duplicate | Admit::Unkeyed => None,
+            Admit::Duplicate { .. } | Admit::Unkeyed => None,
         }
     }
 }
@@ -177,14 +258,16 @@ impl DedupWindow {
     /// Whether a message with `properties` is a duplicate at `now`.
     pub fn admit(&self, properties: &BasicProperties, now: u64) -> Admit {
         let Some(key) = key_of(properties) else { return Admit::Unkeyed };
-        if self.entries.get(&key).is_some_and(|e| e.expires_at > now) {
-            return Admit::Duplicate;
+        let key = remembered(key);
+        if let Some(entry) = self.entries.get(&key.remembered).filter(|e| e.expires_at > now) {
+            return Admit::Duplicate { durable_at: entry.durable_at };
         }
         Admit::New(Admission { key, ttl: ttl_of(properties).or(self.policy.ttl) })
     }
 
-    /// Takes an admitted key into the window, persisting it if the window is durable, and
-    /// returns the store position the confirm must wait for.
+    /// Takes an admitted key into the window once its message is stored (`message_at`:
+    /// the position its confirm waits for), persisting the key if the window is durable,
+    /// and returns the position the confirm must now wait for.
     ///
     /// # Errors
     /// `StoreFailed` if the store refuses the record (the key is not taken then).
@@ -192,32 +275,39 @@ impl DedupWindow {
         &mut self,
         admission: Admission,
         now: u64,
+        message_at: Option<Lsn>,
         store: &dyn Store,
     ) -> Result<Option<Lsn>> {
         let Admission { key, ttl } = admission;
         let expires_at = ttl.map_or(u64::MAX, |ttl| now.saturating_add(ttl));
-        let mut durable_at = None;
+        let mut durable_at = message_at;
         let mut seq = None;
         if let Some(id) = self.store_id {
             let (s, lsn) = store
-                .append(&[id], &encode_record(expires_at, &key))
+                .append(&[id], &encode_record(expires_at, &key.whole))
                 .map_err(|e| BrokerError::StoreFailed(e.to_string()))?;
             seq = Some(s);
-            durable_at = Some(lsn);
+            durable_at = durable_at.max(Some(lsn));
         }
-        if let Some(old) = self.entries.remove(&key) {
+        if let Some(old) = self.entries.remove(&key.remembered) {
             release(self.store_id, old, store);
         }
-        self.insert(key, expires_at, seq);
+        self.insert(key.remembered, Entry { expires_at, seq, durable_at, stamp: 0 });
         self.trim(now, store);
         Ok(durable_at)
     }
 
-    fn insert(&mut self, key: Bytes, expires_at: u64, seq: Option<Seq>) {
-        let stamp = self.next_stamp;
+    fn insert(&mut self, key: Bytes, mut entry: Entry) {
+        entry.stamp = self.next_stamp;
         self.next_stamp += 1;
-        self.order.push_back((key.clone(), stamp));
-        self.entries.insert(key, Entry { expires_at, seq, stamp });
+        self.order.push_back((key.clone(), entry.stamp));
+        self.entries.insert(key, entry);
+        // Keys that left and came back leave stale places in `order` behind a long-lived
+        // key at its front: compact it before they outgrow the window.
+        if self.order.len() > 2 * self.entries.len() + 64 {
+            let entries = &self.entries;
+            self.order.retain(|(key, stamp)| entries.get(key).is_some_and(|e| e.stamp == *stamp));
+        }
     }
 
     /// Drops keys past the size limit (oldest first) and expired keys at the front.
@@ -262,10 +352,12 @@ impl DedupWindow {
         for (seq, record) in records {
             match decode_record(&record) {
                 Some((expires_at, key)) => {
+                    let key = remembered(key).remembered;
                     if let Some(old) = window.entries.remove(&key) {
                         release(window.store_id, old, store);
                     }
-                    window.insert(key, expires_at, Some(seq));
+                    let entry = Entry { expires_at, seq: Some(seq), durable_at: None, stamp: 0 };
+                    window.insert(key, entry);
                 }
                 None => unreadable.push(seq),
             }
@@ -317,9 +409,9 @@ mod tests {
         store: &dyn Store,
     ) -> bool {
         match window.admit(props, now) {
-            Admit::Duplicate => false,
+            Admit::Duplicate { .. } => false,
             Admit::New(admission) => {
-                window.take(admission, now, store).unwrap();
+                window.take(admission, now, None, store).unwrap();
                 true
             }
             Admit::Unkeyed => true,
@@ -404,8 +496,39 @@ mod tests {
         let records = store.read(9, 0, usize::MAX, usize::MAX).unwrap();
         assert_eq!(records.len(), 3, "one record per key in the window");
         let restored = DedupWindow::restore(window.policy, 9, records, 0, &store as &dyn Store);
-        assert!(matches!(restored.admit(&with_id("d"), 0), Admit::Duplicate));
-        assert!(matches!(restored.admit(&with_id("a"), 0), Admit::Duplicate));
+        assert!(matches!(restored.admit(&with_id("d"), 0), Admit::Duplicate { .. }));
+        assert!(matches!(restored.admit(&with_id("a"), 0), Admit::Duplicate { .. }));
         assert!(matches!(restored.admit(&with_id("b"), 0), Admit::New(_)));
+    }
+
+    #[test]
+    fn keys_that_come_back_behind_a_long_lived_one_do_not_grow_the_window() {
+        let store = MemoryStore::new();
+        let mut window = DedupWindow::new(DedupPolicy { ttl: None, size: 100 }, None);
+        assert!(take(&mut window, &with_id("pinned"), 0, &store));
+        let mut short = with_id("k");
+        short.headers = Some(table(&[(CACHE_TTL, FieldValue::I32(1))]));
+        for i in 0..10_000u64 {
+            assert!(take(&mut window, &short, i * 2, &store));
+        }
+        assert_eq!(window.len(), 2);
+        assert!(window.order.len() < 200, "order holds {} places", window.order.len());
+    }
+
+    #[test]
+    fn long_keys_are_remembered_by_their_hash_and_restored_whole() {
+        let store = MemoryStore::new();
+        let mut window = DedupWindow::new(DedupPolicy { ttl: None, size: 10 }, Some(9));
+        let long = "x".repeat(10_000);
+        let mut other = long.clone();
+        other.push('y');
+        assert!(take(&mut window, &with_id(&long[..200]), 0, &store));
+        assert!(!take(&mut window, &with_id(&long[..200]), 0, &store));
+        assert!(take(&mut window, &with_id(&other[..201]), 0, &store));
+        assert!(window.entries.keys().all(|k| k.len() <= LONG_KEY + 1 + 16));
+        let records = store.read(9, 0, usize::MAX, usize::MAX).unwrap();
+        let restored = DedupWindow::restore(window.policy, 9, records, 0, &store as &dyn Store);
+        assert!(matches!(restored.admit(&with_id(&long[..200]), 0), Admit::Duplicate { .. }));
+        assert!(matches!(restored.admit(&with_id(&long[..199]), 0), Admit::New(_)));
     }
 }

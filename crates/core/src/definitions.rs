@@ -130,17 +130,15 @@ impl Broker {
         if spec.passive {
             return vhost.exchange(&spec.name).map(|_| ());
         }
-        let (kind, delayed) = delayed::parse_declaration(&spec.kind, &spec.arguments)?;
+        let what = format!("exchange '{}' in vhost '{vhost_name}'", spec.name);
+        let (routing, dedup) = DedupPolicy::for_exchange(&spec.kind, &spec.arguments, &what)?;
+        let (kind, delayed) = delayed::parse_declaration(routing, &spec.arguments)?;
         if spec.name.is_empty() {
             return Err(BrokerError::AccessRefused(
                 "operation not permitted on the default exchange".into(),
             ));
         }
         exchange::validate_arguments(&spec.arguments)?;
-        let dedup = DedupPolicy::from_arguments(
-            &spec.arguments,
-            &format!("exchange '{}' in vhost '{vhost_name}'", spec.name),
-        )?;
         if let Some(existing) = vhost.exchanges.get(&spec.name) {
             let name = &spec.name;
             let check = |arg: &str, now: &str, got: &str| {
@@ -169,6 +167,7 @@ impl Broker {
                     dedup::MESSAGE_DEDUPLICATION,
                     dedup::CACHE_TTL,
                     dedup::CACHE_SIZE,
+                    dedup::CACHE_PERSISTENCE,
                 ],
                 &existing.arguments,
                 &spec.arguments,
@@ -183,6 +182,7 @@ impl Broker {
                 spec.name
             )));
         }
+        let dedup_type = spec.kind == dedup::DEDUP_EXCHANGE_TYPE;
         let mut exchange = Exchange::new(
             spec.name,
             kind,
@@ -191,6 +191,7 @@ impl Broker {
             spec.internal,
             spec.arguments,
         );
+        exchange.dedup_type = dedup_type;
         if let Some(plugin_type) = delayed {
             // Held messages live in the store under the exchange's own id, persisted with
             // it when it is durable.

@@ -11,15 +11,35 @@ use bytes::Bytes;
 use postroom_store::{QueueId, Seq};
 
 use crate::broker::Broker;
-use crate::delivery::{Published, RouteResult};
+use crate::delivery::{Origin, Published, RouteResult};
 use crate::error::{BrokerError, Result};
 use crate::exchange::delayed::{DELAY_HEADER, Delayed, released_delay_header, requested_delay};
 use crate::message::Message;
 
-/// At most this many held messages are routed per tick, and at most this many bytes read
-/// back, so that a tick under the broker lock stays short; the rest wait for the next one.
-const RELEASE_PER_TICK: usize = 4096;
-const READ_BYTES_PER_TICK: usize = 4 << 20;
+/// What one tick may spend on delayed exchanges, all of them together: store reads
+/// (each scans from the nearest indexed record, so a scattered release costs a read per
+/// message), bytes read, and messages routed. The tick holds the broker lock, so it must
+/// stay short; what does not fit waits for the next tick (a release is late, never lost),
+/// and exchanges take turns at being first.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    reads: usize,
+    bytes: usize,
+    messages: usize,
+}
+
+const TICK_BUDGET: Budget = Budget { reads: 64, bytes: 4 << 20, messages: 4096 };
+
+impl Budget {
+    fn spent(&self) -> bool {
+        self.reads == 0 || self.bytes == 0 || self.messages == 0
+    }
+
+    fn read(&mut self, payloads: usize) {
+        self.reads = self.reads.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(payloads);
+    }
+}
 
 impl Broker {
     /// Releases the store ids of exchanges that are gone (see [`crate::vhost::VHost`]'s
@@ -29,8 +49,9 @@ impl Broker {
             for owned in vhost.orphaned.drain(..) {
                 // On failure the references stay; recovery releases them (no exchange
                 // names the id any more).
-                let _ = self.store.release_from(owned.id, 0);
-                if !owned.durable {
+                let released = self.store.release_from(owned.id, 0);
+                // An id still referenced must not serve again.
+                if released.is_ok() && !owned.durable {
                     self.free_transient_ids.push(owned.id);
                 }
             }
@@ -66,14 +87,20 @@ impl Broker {
             self.store.spill(&[id], &message.encoded()).map(|seq| (seq, None))
         };
         let (seq, durable_at) = stored.map_err(|e| BrokerError::StoreFailed(e.to_string()))?;
-        held.hold(seq, due);
+        held.hold(seq, due, self.clock.now_ms());
         Ok(Published { route: RouteResult::Routed(1), durable_at, rejected: false })
     }
 
     /// Routes the held messages that are due and reads back a batch of those a restart
     /// left without a due time. Part of [`Broker::tick`].
     pub(crate) fn release_delayed(&mut self, now: u64) {
-        let watched: Vec<_> = self.timed_exchanges.iter().cloned().collect();
+        let mut watched: Vec<_> = self.timed_exchanges.iter().cloned().collect();
+        watched.sort_unstable();
+        if !watched.is_empty() {
+            self.delayed_turn = (self.delayed_turn + 1) % watched.len();
+            watched.rotate_left(self.delayed_turn);
+        }
+        let mut budget = TICK_BUDGET;
         for (vhost, name) in watched {
             let exchange = self.vhosts.get_mut(&vhost).and_then(|v| v.exchanges.get_mut(&name));
             let Some(held) = exchange.and_then(|x| x.delayed.as_mut()) else {
@@ -81,15 +108,20 @@ impl Broker {
                 self.timed_exchanges.remove(&(vhost, name));
                 continue;
             };
-            resolve_batch(held, &*self.store, now);
-            let due = held.take_due(now, RELEASE_PER_TICK);
+            if budget.spent() {
+                continue;
+            }
+            resolve_batch(held, &*self.store, now, &mut budget);
+            let due = held.take_due(now, budget.messages);
             if due.is_empty() {
                 continue;
             }
-            let (messages, unread) = read_due(&*self.store, held.store_id, due);
-            // Read back nothing yet (not written, or an I/O error): due again next tick.
+            budget.messages -= due.len();
+            let (messages, unread) = read_due(&*self.store, held.store_id, due, &mut budget);
+            // Not read (not written yet, an I/O error, or past the budget): due again on
+            // the next tick.
             for seq in unread {
-                held.hold(seq, now);
+                held.hold(seq, now, now);
             }
             let id = held.store_id;
             let mut released = Vec::with_capacity(messages.len());
@@ -122,20 +154,32 @@ impl Broker {
         if v.route(&message.exchange, &message.routing_key, headers.as_ref(), &mut targets).is_ok()
             && !targets.is_empty()
         {
-            let _ = self.enqueue(vhost, message, &targets);
+            let _ = self.enqueue(vhost, message, &targets, Origin::Publish);
         }
     }
 }
 
 /// Reads back a batch of held messages whose due time a restart left unknown, and gives
 /// each its due time: its arrival plus its `x-delay` (at once when either is missing, and
-/// dropped when it does not decode). Stops at the first read that fails: the next tick
-/// tries again.
-fn resolve_batch(held: &mut Delayed, store: &dyn postroom_store::Store, now: u64) {
+/// dropped when it does not decode). A read that fails is tried again on the next tick; one
+/// that succeeds without the first of them drops that one (it cannot be read back: damage
+/// skipped by recovery), so that one bad record cannot stall the rest.
+fn resolve_batch(
+    held: &mut Delayed,
+    store: &dyn postroom_store::Store,
+    now: u64,
+    budget: &mut Budget,
+) {
     let Some(first) = held.first_unresolved() else { return };
-    let Ok(batch) = store.read(held.store_id, first, RELEASE_PER_TICK, READ_BYTES_PER_TICK) else {
+    let Ok(batch) = store.read(held.store_id, first, budget.messages, budget.bytes) else {
+        budget.read(0);
         return;
     };
+    budget.read(batch.iter().map(|(_, payload)| payload.len()).sum());
+    if batch.first().is_none_or(|(seq, _)| *seq != first) {
+        let _ = store.ack(held.store_id, &[first]);
+        held.resolve(first, None, now);
+    }
     for (seq, payload) in batch {
         if !held.is_unresolved(seq) {
             // Held since the restart: its due time is known already.
@@ -151,30 +195,31 @@ fn resolve_batch(held: &mut Delayed, store: &dyn postroom_store::Store, now: u64
         if due.is_none() {
             let _ = store.ack(held.store_id, &[seq]);
         }
-        held.resolve(seq, due);
+        held.resolve(seq, due, now);
     }
 }
 
 /// Reads the messages `due` names (held under `store_id`) in runs of consecutive sequence
-/// numbers, returning them in sequence order, and those it could not read.
+/// numbers, within the budget, returning them in sequence order, and those it did not read.
 fn read_due(
     store: &dyn postroom_store::Store,
     store_id: QueueId,
     mut due: Vec<Seq>,
+    budget: &mut Budget,
 ) -> (Vec<(Seq, Bytes)>, Vec<Seq>) {
     due.sort_unstable();
     let (mut messages, mut unread) = (Vec::with_capacity(due.len()), Vec::new());
-    let mut bytes = 0usize;
     let mut rest = due.as_slice();
     while let Some(&first) = rest.first() {
         let run = rest.windows(2).take_while(|w| w[1] == w[0] + 1).count() + 1;
         let (wanted, after) = rest.split_at(run);
         rest = after;
-        if bytes >= READ_BYTES_PER_TICK {
+        if budget.reads == 0 || budget.bytes == 0 {
             unread.extend_from_slice(wanted);
             continue;
         }
-        let read = store.read(store_id, first, run, READ_BYTES_PER_TICK).unwrap_or_default();
+        let read = store.read(store_id, first, run, budget.bytes).unwrap_or_default();
+        budget.read(read.iter().map(|(_, payload)| payload.len()).sum());
         let end = first + run as Seq;
         let mut wanted = wanted.iter().peekable();
         for (seq, payload) in read.into_iter().filter(|(seq, _)| *seq < end) {
@@ -182,7 +227,6 @@ fn read_due(
                 unread.push(*skipped);
             }
             if wanted.next_if_eq(&&seq).is_some() {
-                bytes += payload.len();
                 messages.push((seq, payload));
             }
         }

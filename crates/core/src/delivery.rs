@@ -50,6 +50,15 @@ impl Published {
     }
 }
 
+/// Where a message [`Broker::enqueue`] takes comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A client published it (now, or with a delay that is over).
+    Publish,
+    /// The broker moved it (dead-lettering): deduplicating queues let it through.
+    DeadLetter,
+}
+
 /// What [`Broker::enqueue`] did.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Enqueued {
@@ -272,7 +281,10 @@ impl Broker {
         let now = self.clock.now_ms();
         let admission = match &exchange.dedup {
             Some(window) => match window.admit(properties, now) {
-                Admit::Duplicate => return Ok(Published::transient(RouteResult::Duplicate)),
+                Admit::Duplicate { durable_at } => {
+                    let route = RouteResult::Duplicate;
+                    return Ok(Published { route, durable_at, rejected: false });
+                }
                 admit => admit.into_admission(),
             },
             None => None,
@@ -293,7 +305,7 @@ impl Broker {
             if targets.is_empty() {
                 Published::transient(RouteResult::Unroutable)
             } else {
-                let enqueued = self.enqueue(&vhost_name, message, &targets)?;
+                let enqueued = self.enqueue(&vhost_name, message, &targets, Origin::Publish)?;
                 Published {
                     route: RouteResult::Routed(targets.len()),
                     durable_at: enqueued.durable_at,
@@ -311,8 +323,12 @@ impl Broker {
                 .and_then(|v| v.exchanges.get_mut(&exchange_name))
                 .and_then(|x| x.dedup.as_mut())
         {
-            let lsn = window.take(admission, now, &*self.store)?;
-            published.durable_at = published.durable_at.max(lsn);
+            // A failed key record means a failed store: the confirm of the message, which
+            // waits for the store, becomes a nack then.
+            if let Ok(durable_at) = window.take(admission, now, published.durable_at, &*self.store)
+            {
+                published.durable_at = durable_at;
+            }
         }
         Ok(published)
     }
@@ -328,6 +344,7 @@ impl Broker {
         vhost_name: &str,
         message: Message,
         targets: &[ShortStr],
+        origin: Origin,
     ) -> Result<Enqueued> {
         let now = self.clock.now_ms();
         let Some(vhost) = self.vhosts.get_mut(vhost_name) else { return Ok(Enqueued::default()) };
@@ -336,19 +353,25 @@ impl Broker {
         let mut accepted: Vec<&ShortStr> = Vec::with_capacity(targets.len());
         let mut refused_dlx: Vec<ShortStr> = Vec::new();
         let mut rejected = false;
-        // Deduplicating queues skip a message whose key they saw, and take the key of one
-        // they accept (below, once it is stored).
-        let properties = targets
-            .iter()
-            .any(|name| vhost.queues.get(name).is_some_and(|q| q.dedup.is_some()))
-            .then(|| message.properties());
+        // Deduplicating queues skip a published message whose key they saw (its confirm
+        // then waits for the original's), and take the key of one they accept (below, once
+        // it is stored).
+        let properties = (origin == Origin::Publish
+            && targets
+                .iter()
+                .any(|name| vhost.queues.get(name).is_some_and(|q| q.dedup.is_some())))
+        .then(|| message.properties());
         let mut admissions: Vec<(&ShortStr, Admission)> = Vec::new();
+        let mut durable_at: Option<Lsn> = None;
         for name in targets {
             let Some(queue) = vhost.queues.get(name) else { continue };
             let mut admission = None;
             if let (Some(window), Some(properties)) = (&queue.dedup, &properties) {
                 match window.admit(properties, now) {
-                    Admit::Duplicate => continue,
+                    Admit::Duplicate { durable_at: original } => {
+                        durable_at = durable_at.max(original);
+                        continue;
+                    }
                     admit => admission = admit.into_admission(),
                 }
             }
@@ -378,11 +401,15 @@ impl Broker {
             let appended = self.store.append(&stored_in, &message.encoded());
             Some(appended.map_err(|e| BrokerError::StoreFailed(e.to_string()))?)
         };
-        let mut durable_at = stored.map(|(_, lsn)| lsn);
+        let message_at = stored.map(|(_, lsn)| lsn);
+        durable_at = durable_at.max(message_at);
         for (name, admission) in admissions {
-            if let Some(window) = vhost.queues.get_mut(name).and_then(|q| q.dedup.as_mut()) {
-                let lsn = window.take(admission, now, &*self.store)?;
-                durable_at = durable_at.max(lsn);
+            if let Some(window) = vhost.queues.get_mut(name).and_then(|q| q.dedup.as_mut())
+                // A failed key record means a failed store, which nacks the confirm anyway:
+                // the message is enqueued all the same, as it is stored.
+                && let Ok(at) = window.take(admission, now, message_at, &*self.store)
+            {
+                durable_at = durable_at.max(at);
             }
         }
         let message = Arc::new(message);

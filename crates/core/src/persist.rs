@@ -178,14 +178,18 @@ impl Broker {
             }
             for x in list("exchanges") {
                 let t = x.as_table().ok_or_else(|| bad("exchange"))?;
-                let (kind, delayed) = delayed::parse_declaration(&get(t, "type"), &args(t))
+                let declared = get(t, "type");
+                let vhost_name = get(t, "vhost");
+                let what = format!("exchange '{}' in vhost '{vhost_name}'", get(t, "name"));
+                let (routing, dedup) = DedupPolicy::for_exchange(&declared, &args(t), &what)
+                    .map_err(|_| bad("exchange arguments"))?;
+                let (kind, delayed) = delayed::parse_declaration(routing, &args(t))
                     .map_err(|_| bad("exchange type"))?;
                 let id_of = |key: &str| {
                     t.get(key).and_then(FieldValue::as_int).and_then(|i| QueueId::try_from(i).ok())
                 };
                 let delay_id = id_of("delay_id");
                 let dedup_id = id_of("dedup_id");
-                let vhost_name = get(t, "vhost");
                 let mut exchange = Exchange::new(
                     get(t, "name").into(),
                     kind,
@@ -194,6 +198,7 @@ impl Broker {
                     flag(t, "internal"),
                     args(t),
                 );
+                exchange.dedup_type = declared == crate::dedup::DEDUP_EXCHANGE_TYPE;
                 if let (Some(plugin_type), Some(id)) = (delayed, delay_id) {
                     // Held messages come back without their due times: the tick reads
                     // them back in batches to learn them (arrival + `x-delay`).
@@ -202,9 +207,7 @@ impl Broker {
                     self.timed_exchanges
                         .insert((vhost_name.as_str().into(), exchange.name.clone()));
                 }
-                let what = format!("exchange '{}' in vhost '{vhost_name}'", exchange.name);
-                let policy = DedupPolicy::from_arguments(&exchange.arguments, &what);
-                if let (Ok(Some(policy)), Some(id)) = (policy, dedup_id) {
+                if let (Some(policy), Some(id)) = (dedup, dedup_id) {
                     exchange.dedup = Some(self.restore_window(policy, id, &mut recovered, now));
                 }
                 let vhost = self.vhost_entry(&vhost_name);

@@ -34,6 +34,7 @@ pub const EQUIVALENCE_ARGUMENTS: &[&str] = &[
     crate::dedup::MESSAGE_DEDUPLICATION,
     crate::dedup::CACHE_TTL,
     crate::dedup::CACHE_SIZE,
+    crate::dedup::CACHE_PERSISTENCE,
 ];
 
 /// A consumer attached to a queue.

@@ -419,3 +419,67 @@ fn removed_delayed_exchanges_and_dedup_queues_release_their_store_references() {
     f.broker.queue_delete(f.key.connection, "dedup", false, false).unwrap();
     assert_eq!(references(&f.store), 0, "deleted dedup queue");
 }
+
+fn with_message_id(id: &str) -> BasicProperties {
+    BasicProperties { message_id: Some(id.into()), delivery_mode: Some(2), ..Default::default() }
+}
+
+impl Fixture {
+    fn publish_with(
+        &mut self,
+        queue: &str,
+        properties: BasicProperties,
+    ) -> postroom_core::Published {
+        let message = Message::new("".into(), queue.into(), properties.clone(), "x".into());
+        self.broker.publish(self.key, message, &properties).unwrap()
+    }
+}
+
+/// Issue 4 (review): a duplicate's confirm must not go out before its original is safe.
+#[test]
+fn a_duplicate_is_confirmed_no_earlier_than_its_original() {
+    let mut f = Fixture::new();
+    f.declare_with("q", &[("x-message-deduplication", FieldValue::Bool(true))]);
+    let first = f.publish_with("q", with_message_id("m"));
+    let second = f.publish_with("q", with_message_id("m"));
+    assert!(first.durable_at.is_some());
+    assert!(second.durable_at >= first.durable_at, "{second:?} vs {first:?}");
+    assert_eq!(f.broker.vhost("/").unwrap().queues["q"].message_count(), 1);
+}
+
+/// Issue 4 (review): a message dead-lettered back into its deduplicating queue (the usual
+/// TTL retry loop) is the same message, not a duplicate.
+#[test]
+fn a_dead_letter_cycle_back_into_a_dedup_queue_keeps_the_message() {
+    let mut f = Fixture::new();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    f.broker.set_clock(clock.clone());
+    f.declare_with(
+        "work",
+        &[
+            ("x-message-deduplication", FieldValue::Bool(true)),
+            ("x-dead-letter-exchange", FieldValue::string("")),
+            ("x-dead-letter-routing-key", FieldValue::string("retry")),
+        ],
+    );
+    f.declare_with(
+        "retry",
+        &[
+            ("x-message-ttl", FieldValue::I32(1000)),
+            ("x-dead-letter-exchange", FieldValue::string("")),
+            ("x-dead-letter-routing-key", FieldValue::string("work")),
+        ],
+    );
+    f.publish_with("work", with_message_id("job-1"));
+    let got = f.get("work").unwrap();
+    f.broker.settle(f.key, got.delivery_tag, false, Settlement::Discard).unwrap();
+    clock.advance(1001);
+    f.broker.tick();
+    f.broker.tick();
+    let queues = &f.broker.vhost("/").unwrap().queues;
+    assert_eq!(queues["retry"].message_count(), 0);
+    assert_eq!(queues["work"].message_count(), 1, "back in work, not dropped as a duplicate");
+    // A client publishing it again is still a duplicate.
+    f.publish_with("work", with_message_id("job-1"));
+    assert_eq!(f.broker.vhost("/").unwrap().queues["work"].message_count(), 1);
+}

@@ -9,12 +9,14 @@
 //! Held messages wait in the store (persistent ones appended, transient ones spilled) under
 //! the exchange's own store id. Their due time is not recorded separately: it is the
 //! message's stored arrival time plus its `x-delay`, so a restart finds it by reading the
-//! message back. In memory the hold is a two-level timing wheel:
+//! message back. In memory the hold is a hierarchical timing wheel:
 //!
-//! - messages due in a later slot of [`SLOT_MS`] are packed into that slot as varint pairs
+//! - messages due in a later slot are packed into that slot as varint pairs
 //!   (sequence-number delta, due offset in the slot): a few bytes each, no timer or struct;
-//! - when a slot's time comes it is unpacked into a small heap ordered by due time, from
-//!   which the broker's tick takes what is due.
+//!   slots are a second wide for the next hour, a minute for the next day, an hour beyond,
+//!   and move down a level as their time approaches (see `LEVELS`);
+//! - when a one-second slot's time comes it is unpacked into a small heap ordered by due
+//!   time, from which the broker's tick takes what is due.
 //!
 //! So a million held messages cost a few megabytes whatever their delays.
 
@@ -37,9 +39,16 @@ pub const DELAYED_EXCHANGE_ARGUMENT: &str = "x-delayed-exchange";
 /// The header holding a message's delay in ms.
 pub const DELAY_HEADER: &str = "x-delay";
 
-/// Width of a slot of the timing wheel, in ms. Wider slots pack more messages per slot
-/// (fewer slot headers) but unpack more at once into the heap.
-pub const SLOT_MS: u64 = 1000;
+/// The timing wheel's levels: slot width and how far ahead (from now) a message goes on
+/// that level, in ms. Fine slots for the next hour, minutes for the next day, hours beyond:
+/// a slot holds many messages however far their delays spread (a month of random delays
+/// is ~720 hour slots, not 2.6 million second slots). A slot moves down a level, unpacked
+/// into finer slots, when it comes within the finer level's reach.
+const LEVELS: [(u64, u64); 3] = [(1_000, 3_600_000), (60_000, 86_400_000), (3_600_000, u64::MAX)];
+
+/// The longest delay honoured, in ms (2^32 - 1, about 49.7 days, as the plugin); a longer
+/// `x-delay` routes the message at once, as the plugin does.
+pub const MAX_DELAY: u64 = u32::MAX as u64;
 
 /// A delayed exchange's held messages.
 #[derive(Debug, Clone)]
@@ -48,9 +57,9 @@ pub struct Delayed {
     pub plugin_type: bool,
     /// Its identity in the store.
     pub store_id: QueueId,
-    /// Messages due in slots not yet opened, by slot start (ms since the epoch).
-    slots: BTreeMap<u64, Slot>,
-    /// Start of the first slot not yet opened: a message due before it goes to `near`.
+    /// Messages due in slots not yet opened, per level, by slot start (ms since the epoch).
+    levels: [BTreeMap<u64, Slot>; 3],
+    /// End of the last finest slot opened: a message due before it goes to `near`.
     opened_until: u64,
     /// Messages of opened slots, earliest due first (then lowest sequence number).
     near: BinaryHeap<Reverse<(u64, Seq)>>,
@@ -104,11 +113,11 @@ pub fn parse_declaration(
     Ok((routing, delayed.then_some(false)))
 }
 
-/// The delay a message asks for: a positive integer `x-delay` header (anything else means
-/// no delay, as in the plugin).
+/// The delay a message asks for: an integer `x-delay` header in 1..=[`MAX_DELAY`]
+/// (anything else means no delay, as in the plugin).
 pub fn requested_delay(headers: Option<&FieldTable>) -> Option<u64> {
     let delay = headers?.get(DELAY_HEADER)?.as_int()?;
-    u64::try_from(delay).ok().filter(|d| *d > 0)
+    u64::try_from(delay).ok().filter(|d| (1..=MAX_DELAY).contains(d))
 }
 
 /// The `x-delay` header a released message carries: its delay negated, which is how the
@@ -119,17 +128,13 @@ pub fn released_delay_header(delay: u64) -> FieldValue {
     i32::try_from(negated).map_or(FieldValue::I64(negated), FieldValue::I32)
 }
 
-fn slot_of(due: u64) -> u64 {
-    due - due % SLOT_MS
-}
-
 impl Delayed {
     /// An exchange's empty hold.
     pub fn new(plugin_type: bool, store_id: QueueId) -> Delayed {
         Delayed {
             plugin_type,
             store_id,
-            slots: BTreeMap::new(),
+            levels: Default::default(),
             opened_until: 0,
             near: BinaryHeap::new(),
             unresolved: RangeSet::new(),
@@ -147,19 +152,26 @@ impl Delayed {
         delayed
     }
 
-    /// Holds `seq` until `due` (ms since the epoch).
-    pub fn hold(&mut self, seq: Seq, due: u64) {
+    /// Holds `seq` until `due` (ms since the epoch); `now` is the time now.
+    pub fn hold(&mut self, seq: Seq, due: u64, now: u64) {
         self.held += 1;
-        self.place(seq, due);
+        self.place(seq, due, now);
     }
 
-    fn place(&mut self, seq: Seq, due: u64) {
-        if due < self.opened_until {
+    fn place(&mut self, seq: Seq, due: u64, now: u64) {
+        let distance = due.saturating_sub(now);
+        let level = LEVELS.iter().position(|(_, reach)| distance < *reach).unwrap_or(2);
+        self.place_on(level, seq, due);
+    }
+
+    fn place_on(&mut self, level: usize, seq: Seq, due: u64) {
+        if level == 0 && due < self.opened_until {
             self.near.push(Reverse((due, seq)));
             return;
         }
-        let start = slot_of(due);
-        let slot = self.slots.entry(start).or_default();
+        let width = LEVELS[level].0;
+        let start = due - due % width;
+        let slot = self.levels[level].entry(start).or_default();
         let delta = seq.wrapping_sub(slot.last_seq) as i64;
         put_varint(&mut slot.packed, ((delta << 1) ^ (delta >> 63)) as u64);
         put_varint(&mut slot.packed, due - start);
@@ -168,11 +180,25 @@ impl Delayed {
 
     /// Takes up to `limit` messages due at `now`, earliest due first.
     pub fn take_due(&mut self, now: u64, limit: usize) -> Vec<Seq> {
-        let open_before = slot_of(now) + SLOT_MS;
+        // Coarse slots that came within a finer level's reach move down, coarsest first so
+        // that what moves down may move on in the same call.
+        for level in [2, 1] {
+            let reach = now.saturating_add(LEVELS[level - 1].1);
+            while let Some(entry) = self.levels[level].first_entry()
+                && *entry.key() < reach
+            {
+                let (start, slot) = entry.remove_entry();
+                unpack(start, &slot, |seq, due| self.place_on(level - 1, seq, due));
+            }
+        }
+        let width = LEVELS[0].0;
+        let open_before = (now - now % width).saturating_add(width);
         if open_before > self.opened_until {
             self.opened_until = open_before;
-            let later = self.slots.split_off(&open_before);
-            for (start, slot) in std::mem::replace(&mut self.slots, later) {
+            while let Some(entry) = self.levels[0].first_entry()
+                && *entry.key() < open_before
+            {
+                let (start, slot) = entry.remove_entry();
                 unpack(start, &slot, |seq, due| self.near.push(Reverse((due, seq))));
             }
         }
@@ -187,6 +213,10 @@ impl Delayed {
             }
         }
         self.held -= due.len() as u64;
+        // A burst's heap is given back once it has drained.
+        if self.near.capacity() > 4096 && self.near.len() < self.near.capacity() / 4 {
+            self.near.shrink_to(self.near.len() * 2);
+        }
         due
     }
 
@@ -202,12 +232,12 @@ impl Delayed {
 
     /// Gives an unresolved message its due time, or drops it (`None`: it could not be
     /// read back). Does nothing for a message that is not unresolved.
-    pub fn resolve(&mut self, seq: Seq, due: Option<u64>) {
+    pub fn resolve(&mut self, seq: Seq, due: Option<u64>, now: u64) {
         if !self.unresolved.remove(seq) {
             return;
         }
         match due {
-            Some(due) => self.place(seq, due),
+            Some(due) => self.place(seq, due, now),
             None => self.held -= 1,
         }
     }
@@ -226,7 +256,12 @@ impl Delayed {
     /// near heap and the unresolved ranges (for tests, metrics and the benchmark).
     pub fn footprint(&self) -> usize {
         const MAP_ENTRY: usize = 64;
-        let slots: usize = self.slots.values().map(|s| s.packed.capacity() + MAP_ENTRY).sum();
+        let slots: usize = self
+            .levels
+            .iter()
+            .flat_map(BTreeMap::values)
+            .map(|s| s.packed.capacity() + MAP_ENTRY)
+            .sum();
         slots
             + self.near.capacity() * std::mem::size_of::<(u64, Seq)>()
             + self.unresolved.range_count() * MAP_ENTRY
@@ -244,7 +279,9 @@ fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
 fn get_varint(buf: &[u8], at: &mut usize) -> u64 {
     let mut value = 0u64;
     let mut shift = 0;
-    while let Some(&byte) = buf.get(*at) {
+    while shift < 64
+        && let Some(&byte) = buf.get(*at)
+    {
         *at += 1;
         value |= u64::from(byte & 0x7F) << shift;
         if byte < 0x80 {
@@ -277,47 +314,65 @@ mod tests {
         let mut delayed = Delayed::new(true, 7);
         let dues = [5_300u64, 1_200, 9_999, 1_200, 0, 70_000, 2_001];
         for (seq, due) in dues.iter().enumerate() {
-            delayed.hold(seq as Seq + 100, *due);
+            delayed.hold(seq as Seq + 100, *due, 0);
         }
         assert_eq!(delayed.held(), 7);
         assert_eq!(delayed.take_due(1_199, 100), vec![104]);
         assert_eq!(delayed.take_due(2_001, 100), vec![101, 103, 106]);
         // Held after its slot was opened: straight to the heap.
-        delayed.hold(1, 2_500);
+        delayed.hold(1, 2_500, 2_001);
         assert_eq!(delayed.take_due(10_000, 2), vec![1, 100]);
         assert_eq!(delayed.take_due(10_000, 100), vec![102]);
         assert_eq!(delayed.held(), 1);
-        assert_eq!(delayed.take_due(u64::MAX - SLOT_MS, 100), vec![105]);
+        assert_eq!(delayed.take_due(70_000, 100), vec![105]);
         assert!(delayed.is_empty());
     }
 
-    #[test]
-    fn a_million_messages_with_random_delays_cost_a_few_bytes_each() {
+    /// Holds a million messages with delays spread uniformly over `spread` ms, checks the
+    /// footprint, then steps through time in `step` ms and checks every message comes out
+    /// once, not before its due time, and the heap stays small.
+    fn million_spread_over(spread: u64, step: u64) {
         let mut delayed = Delayed::new(true, 7);
         let mut rng = 0x2545_F491_4F6C_DD1Du64;
         let now = 1_700_000_000_000u64;
+        let mut dues = Vec::with_capacity(1_000_000);
         for seq in 0..1_000_000u64 {
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
-            // Up to an hour.
-            delayed.hold(seq, now + rng % 3_600_000);
+            let due = now + rng % spread;
+            dues.push(due);
+            delayed.hold(seq, due, now);
         }
         assert_eq!(delayed.held(), 1_000_000);
         let footprint = delayed.footprint();
         assert!(footprint < 16 << 20, "1M held messages take {footprint} bytes");
-        let mut taken = 0;
-        let mut last = 0;
-        for second in 0..=3_600u64 {
-            for seq in delayed.take_due(now + second * 1000, usize::MAX) {
-                assert!(seq < 1_000_000);
+        let (mut taken, mut largest_heap) = (0, 0);
+        let mut at = now;
+        while at <= now + spread {
+            for seq in delayed.take_due(at, usize::MAX) {
+                assert!(dues[seq as usize] <= at, "released early");
+                assert!(dues[seq as usize] + step > at, "released late");
+                dues[seq as usize] = u64::MAX;
                 taken += 1;
             }
-            last = last.max(delayed.near.len());
+            largest_heap = largest_heap.max(delayed.near.len());
+            at += step;
         }
         assert_eq!(taken, 1_000_000);
         assert!(delayed.is_empty());
-        assert!(last < 2_000, "the heap held {last} messages at once");
+        let per_step = 1_000_000 * step.max(1_000) / spread;
+        assert!(largest_heap < 2 * per_step as usize + 1_000, "the heap held {largest_heap}");
+    }
+
+    #[test]
+    fn a_million_messages_delayed_up_to_an_hour_cost_a_few_bytes_each() {
+        million_spread_over(3_600_000, 1_000);
+    }
+
+    #[test]
+    fn a_million_messages_delayed_up_to_a_month_cost_a_few_bytes_each() {
+        million_spread_over(30 * 86_400_000, 600_000);
     }
 
     #[test]
@@ -329,10 +384,10 @@ mod tests {
         let mut delayed = Delayed::recovered(false, 7, refs);
         assert_eq!(delayed.held(), 4);
         assert_eq!(delayed.first_unresolved(), Some(3));
-        assert!(delayed.take_due(u64::MAX - SLOT_MS, 10).is_empty());
-        delayed.resolve(3, Some(500));
-        delayed.resolve(4, None);
-        delayed.resolve(4, Some(1)); // no longer unresolved: ignored
+        assert!(delayed.take_due(1 << 50, 10).is_empty());
+        delayed.resolve(3, Some(500), 0);
+        delayed.resolve(4, None, 0);
+        delayed.resolve(4, Some(1), 0); // no longer unresolved: ignored
         assert_eq!(delayed.first_unresolved(), Some(5));
         assert_eq!(delayed.held(), 3);
         assert_eq!(delayed.take_due(600, 10), vec![3]);
@@ -367,7 +422,9 @@ mod tests {
         assert_eq!(requested_delay(Some(&headers(FieldValue::I32(1500)))), Some(1500));
         assert_eq!(requested_delay(Some(&headers(FieldValue::I32(-5)))), None);
         assert_eq!(requested_delay(Some(&headers(FieldValue::string("5")))), None);
+        assert_eq!(requested_delay(Some(&headers(FieldValue::I64(1 << 32)))), None);
+        assert_eq!(requested_delay(Some(&headers(FieldValue::I64(i64::MIN)))), None);
         assert_eq!(released_delay_header(1500), FieldValue::I32(-1500));
-        assert_eq!(released_delay_header(1 << 40), FieldValue::I64(-(1 << 40)));
+        assert_eq!(released_delay_header(MAX_DELAY), FieldValue::I64(-(MAX_DELAY as i64)));
     }
 }

@@ -131,6 +131,9 @@ pub struct Exchange {
     pub delayed: Option<delayed::Delayed>,
     /// The keys it saw lately, if it deduplicates (`x-message-deduplication`).
     pub dedup: Option<crate::dedup::DedupWindow>,
+    /// Whether it was declared with the deduplication plugin's type (so that is its type
+    /// name; it routes as `fanout`).
+    pub dedup_type: bool,
 }
 
 /// A store id an exchange owns (for a delayed hold or a deduplication window): released
@@ -163,6 +166,7 @@ impl Exchange {
             bindings: Vec::new(),
             delayed: None,
             dedup: None,
+            dedup_type: false,
         }
     }
 
@@ -181,6 +185,7 @@ impl Exchange {
     /// The type it was declared with.
     pub fn type_name(&self) -> &'static str {
         match &self.delayed {
+            _ if self.dedup_type => crate::dedup::DEDUP_EXCHANGE_TYPE,
             Some(delayed) if delayed.plugin_type => delayed::DELAYED_TYPE,
             _ => self.kind.as_str(),
         }
