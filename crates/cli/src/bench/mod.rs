@@ -4,10 +4,21 @@
 //! Producers publish `size`-byte messages whose first 8 bytes carry the send time (ns since
 //! the run started; producers and consumers share the process clock), consumers record the
 //! end-to-end latency of each delivery. The run ends after `--count` messages or
-//! `--duration` seconds, whichever is given (`--count` wins), plus up to 10 s for consumers
-//! to drain.
+//! `--duration` seconds, whichever is given (`--count` wins), plus up to `--drain` seconds
+//! (10) for consumers to drain.
+//!
+//! Two modes exercise the broker's scheduling:
+//! - `--delayed-exchange` with `--delay`/`--delay-max` publishes through an
+//!   `x-delayed-message` exchange (the RabbitMQ plugin's convention), each message asking
+//!   for an `x-delay` drawn from a seeded PRNG (see [`delay`]).
+//! - `--retries N` makes consumers `basic.nack` (requeue) each delivery until its
+//!   `x-delivery-count` header reaches N, then ack it; on a queue with `x-retry-*`
+//!   arguments that measures the nack → backoff → redelivery cycle. A message counts as
+//!   consumed, and its latency (send to final delivery, backoff included) is recorded, only
+//!   at that final ack.
 
 mod client;
+mod delay;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,10 +29,11 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use postroom_amqp::method::*;
-use postroom_amqp::{BasicProperties, FieldTable, FieldValue, Frame, Method, ShortStr};
+use postroom_amqp::{FieldTable, FieldValue, Frame, Method, ShortStr};
 use tokio::sync::Semaphore;
 
 use client::{Url, call};
+use delay::PublishProperties;
 
 /// `postroom bench` arguments.
 #[derive(clap::Args, Debug, Clone)]
@@ -68,12 +80,36 @@ pub struct BenchArgs {
     /// Queue name (with --fanout, the prefix of the queue names)
     #[arg(long, default_value = "postroom-bench")]
     queue: String,
-    /// Queue argument as KEY=VALUE (integers are sent as numbers); repeatable
+    /// Queue argument as KEY=VALUE; repeatable. Integers are sent as 64-bit integers,
+    /// other finite numbers (`0.0`, `1.5`, `1e3`) as doubles, `true`/`false` as booleans,
+    /// anything else as a string
     #[arg(long = "queue-arg")]
     queue_args: Vec<String>,
     /// Publish to a fanout exchange bound to this many queues
     #[arg(long, default_value_t = 0)]
     fanout: usize,
+    /// Publish through an `x-delayed-message` exchange of this name (`x-delayed-type` =
+    /// direct, durable with --persistent), declared afresh and bound to the bench queue
+    /// with the queue name as routing key
+    #[arg(long, value_name = "NAME")]
+    delayed_exchange: Option<String>,
+    /// Give every message the header `x-delay: MS` (needs --delayed-exchange)
+    #[arg(long, value_name = "MS")]
+    delay: Option<u64>,
+    /// Draw each message's `x-delay` uniformly from [--delay, MS] instead
+    #[arg(long, value_name = "MS", requires = "delay")]
+    delay_max: Option<u64>,
+    /// Seed of the PRNG that draws delays (each producer derives its own stream from it)
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Consumers nack (requeue=true) each delivery whose `x-delivery-count` header is below
+    /// N (absent: 0) and ack it at N; a message counts as consumed only then. Pair with
+    /// `--queue-arg x-retry-initial-delay=MS` (or a broker that counts deliveries)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    retries: u32,
+    /// Seconds to wait after publishing for consumers to receive the rest
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    drain: u64,
     /// Print one JSON object instead of the table
     #[arg(long)]
     json: bool,
@@ -82,12 +118,48 @@ pub struct BenchArgs {
     quiet: bool,
 }
 
+/// The header a redelivery carries: how many times the message was delivered before.
+const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+/// The exchange type of a delayed exchange (the RabbitMQ plugin's name).
+const DELAYED_EXCHANGE_TYPE: &str = "x-delayed-message";
+/// The argument naming how a delayed exchange routes once a delay is over.
+const DELAYED_TYPE_ARGUMENT: &str = "x-delayed-type";
+
+impl BenchArgs {
+    /// Refuses contradictory or incomplete settings before anything is declared.
+    ///
+    /// # Errors
+    /// A message naming the offending flags.
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.producers == 0 {
+            bail!("--producers must be at least 1");
+        }
+        if self.delay.is_some() && self.delayed_exchange.is_none() {
+            bail!("--delay needs --delayed-exchange (only a delayed exchange reads x-delay)");
+        }
+        if let (Some(min), Some(max)) = (self.delay, self.delay_max)
+            && max < min
+        {
+            bail!("--delay-max ({max}) must be at least --delay ({min})");
+        }
+        if self.delayed_exchange.is_some() && self.fanout > 0 {
+            bail!("--delayed-exchange and --fanout both name the exchange to publish to");
+        }
+        if self.retries > 0 && (self.consumers == 0 || self.auto_ack) {
+            bail!("--retries needs consumers that acknowledge (--consumers 1+, no --auto-ack)");
+        }
+        Ok(())
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     published: AtomicU64,
     confirmed: AtomicU64,
     nacked: AtomicU64,
     consumed: AtomicU64,
+    /// Deliveries the consumers returned with `basic.nack` (requeue) under --retries.
+    retried: AtomicU64,
     errors: AtomicU64,
     /// Set when consumers must stop waiting for messages that did not come.
     abandon: AtomicBool,
@@ -97,13 +169,28 @@ fn queue_arguments(args: &BenchArgs) -> anyhow::Result<FieldTable> {
     let mut table = FieldTable::new();
     for arg in &args.queue_args {
         let (key, value) = arg.split_once('=').context("--queue-arg takes KEY=VALUE")?;
-        let value = match value.parse::<i64>() {
-            Ok(n) => FieldValue::I64(n),
-            Err(_) => FieldValue::string(value),
-        };
-        table.insert(key, value);
+        table.insert(key, argument_value(value));
     }
     Ok(table)
+}
+
+/// A `--queue-arg` value as the field type a broker expects of it: brokers check numeric
+/// arguments by type, so `x-retry-jitter=0.0` must travel as a number, not a string.
+fn argument_value(value: &str) -> FieldValue {
+    if let Ok(n) = value.parse::<i64>() {
+        return FieldValue::I64(n);
+    }
+    // `f64::from_str` also accepts "inf" and "NaN", which are more likely meant as text.
+    if let Ok(x) = value.parse::<f64>()
+        && x.is_finite()
+    {
+        return FieldValue::F64(x);
+    }
+    match value {
+        "true" => FieldValue::Bool(true),
+        "false" => FieldValue::Bool(false),
+        _ => FieldValue::string(value),
+    }
 }
 
 fn queue_names(args: &BenchArgs) -> Vec<String> {
@@ -123,7 +210,8 @@ async fn expect_reply(
     call(reader, writer, method).await.with_context(|| what.to_string())
 }
 
-/// Declares the queues (and the fanout exchange), returning the exchange to publish to.
+/// Declares the queues (and the fanout or delayed exchange), returning the exchange to
+/// publish to.
 async fn declare(args: &BenchArgs, url: &Url) -> anyhow::Result<String> {
     let (mut reader, mut writer) = client::connect(url).await?;
     let arguments = queue_arguments(args)?;
@@ -137,6 +225,11 @@ async fn declare(args: &BenchArgs, url: &Url) -> anyhow::Result<String> {
             ..Default::default()
         };
         expect_reply(&mut reader, &mut writer, declare, "declaring the bench queue").await?;
+    }
+    if let Some(exchange) = &args.delayed_exchange {
+        declare_delayed(args, exchange, &mut reader, &mut writer).await?;
+        client::close(reader, writer).await;
+        return Ok(exchange.clone());
     }
     if args.fanout == 0 {
         client::close(reader, writer).await;
@@ -160,6 +253,36 @@ async fn declare(args: &BenchArgs, url: &Url) -> anyhow::Result<String> {
     }
     client::close(reader, writer).await;
     Ok(exchange)
+}
+
+/// Declares the delayed exchange afresh (dropping what an old one held) and binds the
+/// bench queue to it by name.
+async fn declare_delayed(
+    args: &BenchArgs,
+    exchange: &str,
+    reader: &mut client::Reader,
+    writer: &mut client::Writer,
+) -> anyhow::Result<()> {
+    let delete = ExchangeDelete { exchange: exchange.into(), ..Default::default() };
+    expect_reply(reader, writer, delete, "deleting an old delayed exchange").await?;
+    let mut arguments = FieldTable::new();
+    arguments.insert(DELAYED_TYPE_ARGUMENT, FieldValue::string("direct"));
+    let declare = ExchangeDeclare {
+        exchange: exchange.into(),
+        kind: DELAYED_EXCHANGE_TYPE.into(),
+        durable: args.persistent,
+        arguments,
+        ..Default::default()
+    };
+    expect_reply(reader, writer, declare, "declaring the delayed exchange").await?;
+    let bind = QueueBind {
+        queue: args.queue.as_str().into(),
+        exchange: exchange.into(),
+        routing_key: args.queue.as_str().into(),
+        ..Default::default()
+    };
+    expect_reply(reader, writer, bind, "binding the bench queue to the delayed exchange").await?;
+    Ok(())
 }
 
 /// Counts confirms (acks with or without `multiple`, in any order) and returns window
@@ -190,6 +313,7 @@ impl ConfirmTracker {
 #[allow(clippy::too_many_arguments)]
 async fn produce(
     args: Arc<BenchArgs>,
+    producer: usize,
     url: Url,
     exchange: String,
     quota: u64,
@@ -231,11 +355,7 @@ async fn produce(
     let routing_key: ShortStr =
         if args.fanout > 0 { ShortStr::EMPTY } else { args.queue.as_str().into() };
     let exchange: ShortStr = exchange.as_str().into();
-    let properties = BasicProperties {
-        delivery_mode: Some(if args.persistent { 2 } else { 1 }),
-        ..Default::default()
-    }
-    .to_bytes();
+    let mut properties = PublishProperties::new(&args, producer);
     let mut body = vec![0u8; args.size.max(8)];
     let per_ms = args.rate as f64 / args.producers as f64 / 1000.0;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -259,7 +379,7 @@ async fn produce(
         for _ in 0..batch {
             let now = start.elapsed().as_nanos() as u64;
             body[..8].copy_from_slice(&now.to_be_bytes());
-            writer.publish(&exchange, &routing_key, &properties, &body);
+            writer.publish(&exchange, &routing_key, properties.next_raw(), &body);
         }
         writer.flush().await?;
         sent += batch;
@@ -295,6 +415,7 @@ async fn consume(
     call(&mut reader, &mut writer, consume).await?;
     let mut since_ack = 0u64;
     let mut tag = 0u64;
+    let mut delivery_count = 0u64;
     let mut remaining = 0u64;
     let mut parts: Vec<Bytes> = Vec::new();
     loop {
@@ -314,6 +435,13 @@ async fn consume(
             }
             Frame::Header { header, .. } => {
                 remaining = header.body_size;
+                delivery_count = header
+                    .properties
+                    .headers
+                    .as_ref()
+                    .and_then(|headers| headers.get(DELIVERY_COUNT_HEADER))
+                    .and_then(FieldValue::as_int)
+                    .map_or(0, |count| count.max(0) as u64);
                 remaining == 0
             }
             Frame::Body { payload, .. } => {
@@ -330,6 +458,11 @@ async fn consume(
             continue;
         }
         let body = client::body_of(&mut parts);
+        if delivery_count < u64::from(args.retries) {
+            writer.method(BasicNack { delivery_tag: tag, multiple: false, requeue: true });
+            counters.retried.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         if body.len() >= 8 {
             let sent = u64::from_be_bytes(body[..8].try_into()?);
             let now = start.elapsed().as_nanos() as u64;
@@ -375,6 +508,16 @@ struct Report {
     errors: u64,
     publish_rate: f64,
     consume_rate: f64,
+    /// `[min, max]` of the `x-delay` asked for, when publishing through a delayed exchange.
+    delay_ms: Option<[u64; 2]>,
+    /// The PRNG seed the delays were drawn with.
+    seed: u64,
+    /// The `x-delivery-count` a message must reach before it is acked (0: no retries).
+    retries: u32,
+    /// Deliveries nacked for a retry.
+    retried: u64,
+    /// Nack → redelivery cycles per second over the run.
+    retry_rate: f64,
     latency_us: Latency,
 }
 
@@ -388,9 +531,7 @@ struct Latency {
 
 /// Runs the benchmark and prints the report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if args.producers == 0 {
-        bail!("--producers must be at least 1");
-    }
+    args.validate()?;
     let args = Arc::new(args);
     let url = Url::parse(&args.url)?;
     let exchange = declare(&args, &url).await?;
@@ -423,6 +564,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         };
         let task = produce(
             args.clone(),
+            i,
             url.clone(),
             exchange.clone(),
             quota,
@@ -449,7 +591,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let published_at = start.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let drain_deadline = Instant::now() + Duration::from_secs(10);
+    let drain_deadline = Instant::now() + Duration::from_secs(args.drain);
     while !consumer_done(&counters, &args) && Instant::now() < drain_deadline {
         ticker.tick().await;
         update_bar(&bar, &counters, start);
@@ -463,6 +605,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let seconds = start.elapsed().as_secs_f64();
     let published = counters.published.load(Ordering::Relaxed);
     let consumed = counters.consumed.load(Ordering::Relaxed);
+    let retried = counters.retried.load(Ordering::Relaxed);
     let report = Report {
         url: args.url.clone(),
         producers: args.producers,
@@ -479,6 +622,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         errors: counters.errors.load(Ordering::Relaxed),
         publish_rate: published as f64 / published_at.as_secs_f64(),
         consume_rate: consumed as f64 / seconds,
+        delay_ms: args.delay.map(|min| [min, args.delay_max.unwrap_or(min)]),
+        seed: args.seed,
+        retries: args.retries,
+        retried,
+        retry_rate: retried as f64 / seconds,
         latency_us: Latency {
             p50: latencies.value_at_quantile(0.50),
             p95: latencies.value_at_quantile(0.95),
@@ -557,9 +705,94 @@ fn print_table(r: &Report) {
     println!("published       {} ({:.0} msg/s)", r.published, r.publish_rate);
     println!("confirmed       {} (nacked {})", r.confirmed, r.nacked);
     println!("consumed        {} ({:.0} msg/s)", r.consumed, r.consume_rate);
+    if let Some([min, max]) = r.delay_ms {
+        println!("x-delay         {min}..={max} ms (seed {})", r.seed);
+    }
+    if r.retries > 0 {
+        println!(
+            "retried         {} ({:.0}/s), acked at x-delivery-count {}",
+            r.retried, r.retry_rate, r.retries
+        );
+    }
     println!(
         "latency (µs)    p50 {}  p95 {}  p99 {}  max {}",
         r.latency_us.p50, r.latency_us.p95, r.latency_us.p99, r.latency_us.max
     );
     println!("errors          {}", r.errors);
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    /// `postroom bench` arguments as the command line would give them.
+    pub(crate) fn bench_args(flags: &[&str]) -> BenchArgs {
+        let argv = std::iter::once("bench").chain(flags.iter().copied());
+        match Cli::try_parse_from(argv) {
+            Ok(cli) => cli.bench,
+            Err(e) => panic!("bad test flags {flags:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn queue_arguments_travel_as_the_types_brokers_check() {
+        let args = bench_args(&[
+            "--queue-arg",
+            "x-retry-initial-delay=10",
+            "--queue-arg",
+            "x-retry-jitter=0.0",
+            "--queue-arg",
+            "x-retry-multiplier=1.5",
+            "--queue-arg",
+            "x-single-active-consumer=true",
+            "--queue-arg",
+            "x-queue-type=quorum",
+            "--queue-arg",
+            "x-note=inf",
+        ]);
+        let table = queue_arguments(&args).ok();
+        let get = |key: &str| table.as_ref().and_then(|t| t.get(key)).cloned();
+        assert_eq!(get("x-retry-initial-delay"), Some(FieldValue::I64(10)));
+        assert_eq!(get("x-retry-jitter"), Some(FieldValue::F64(0.0)));
+        assert_eq!(get("x-retry-multiplier"), Some(FieldValue::F64(1.5)));
+        assert_eq!(get("x-single-active-consumer"), Some(FieldValue::Bool(true)));
+        assert_eq!(get("x-queue-type"), Some(FieldValue::string("quorum")));
+        assert_eq!(get("x-note"), Some(FieldValue::string("inf")));
+    }
+
+    #[test]
+    fn a_queue_argument_without_a_value_is_refused() {
+        assert!(queue_arguments(&bench_args(&["--queue-arg", "x-max-length"])).is_err());
+    }
+
+    #[test]
+    fn contradictory_flags_are_refused_before_connecting() {
+        let refused = |flags: &[&str]| bench_args(flags).validate().is_err();
+        assert!(refused(&["--producers", "0"]));
+        assert!(refused(&["--delay", "10"]));
+        assert!(refused(&["--delayed-exchange", "d", "--delay", "10", "--delay-max", "5"]));
+        assert!(refused(&["--delayed-exchange", "d", "--fanout", "2"]));
+        assert!(refused(&["--retries", "3", "--consumers", "0"]));
+        assert!(refused(&["--retries", "3", "--auto-ack"]));
+        assert!(Cli::try_parse_from(["bench", "--delay-max", "5"]).is_err());
+        assert!(!refused(&["--delayed-exchange", "d", "--delay", "10", "--delay-max", "10"]));
+        assert!(!refused(&["--retries", "3"]));
+    }
+
+    #[test]
+    fn confirms_settle_once_in_any_order() {
+        let mut tracker = ConfirmTracker::default();
+        assert_eq!(tracker.settle(2, false), 1);
+        assert_eq!(tracker.settle(2, false), 0);
+        assert_eq!(tracker.settle(5, true), 4);
+        assert_eq!(tracker.settle(3, false), 0);
+    }
 }
