@@ -128,10 +128,10 @@ fn dispatch(
             let has_own_credit =
                 consumer.prefetch_count == 0 || consumer.unacked < consumer.prefetch_count.into();
             has_own_credit
-                && connections
-                    .get(&consumer.channel.connection)
-                    .and_then(|c| c.channels.get(&consumer.channel.channel))
-                    .is_some_and(|ch| ch.has_credit())
+                && connections.get(&consumer.channel.connection).is_some_and(|c| {
+                    c.channels.get(&consumer.channel.channel).is_some_and(|ch| ch.has_credit())
+                        && c.outlet.has_room()
+                })
         });
         let Some(index) = chosen else { break };
         let Some(message) = queue.pop(store, now) else {
@@ -208,6 +208,17 @@ impl Broker {
     pub fn resume_waiting(&mut self) {
         for (vhost, queue) in std::mem::take(&mut self.waiting) {
             self.dispatch(&vhost, &queue);
+        }
+    }
+
+    /// Delivers to every consumer of a connection that could not take deliveries before
+    /// (its [`crate::Outlet::has_room`] said no) and now can.
+    pub fn dispatch_connection(&mut self, connection: ConnectionId) {
+        let Some(state) = self.connections.get(&connection) else { return };
+        let mut channels: Vec<u16> = state.channels.keys().copied().collect();
+        channels.sort_unstable();
+        for channel in channels {
+            self.dispatch_channel_queues(ChannelKey { connection, channel });
         }
     }
 

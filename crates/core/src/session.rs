@@ -50,6 +50,14 @@ pub enum Outbound {
 pub trait Outlet: Send + Sync {
     /// Queues an event for the connection. Events for a connection that is gone are dropped.
     fn send(&self, event: Outbound);
+
+    /// Whether the connection can take more deliveries now. When it says no, the broker
+    /// skips the connection's consumers until told to try again
+    /// ([`crate::Broker::dispatch_connection`]); the outlet must make sure it is told, once
+    /// it has room again. Must not block.
+    fn has_room(&self) -> bool {
+        true
+    }
 }
 
 /// A delivered message awaiting acknowledgement.

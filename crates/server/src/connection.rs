@@ -21,7 +21,7 @@ use postroom_core::{ChannelKey, ConnectionId};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::Shared;
 use crate::auth;
@@ -170,10 +170,9 @@ pub(crate) async fn serve(
 ) {
     let _ = socket.set_nodelay(true);
     let (read, write) = socket.into_split();
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (out, rx, pressure) = writer::channel();
     let frame_max = Arc::new(AtomicU32::new(shared.config.frame_max));
-    let writer = tokio::spawn(writer::run(write, rx, frame_max.clone()));
-    let out = WriterHandle(tx);
+    let writer = tokio::spawn(writer::run(write, rx, frame_max.clone(), pressure));
     let mut reader = Reader {
         socket: read,
         buf: BytesMut::with_capacity(64 * 1024),
@@ -358,9 +357,20 @@ async fn run(
     let mut progress_live = true;
     let mut channels: HashMap<u16, Channel> = HashMap::new();
     loop {
-        let dead_at = reader.dead_at();
+        // A client that sends but does not read (the writer's queue is full of what it was
+        // sent) is not read either until the writer catches up: TCP pushes back on it.
+        // Its silence meanwhile is ours, so it does not count against its heartbeats.
+        let paused = !out.pressure().below(writer::READ_HIGH_WATER);
+        let dead_at = reader.dead_at().filter(|_| !paused);
         let frame = tokio::select! {
-            frame = reader.frame() => frame,
+            frame = reader.frame(), if !paused => frame,
+            () = out.pressure().drained() => {
+                if paused {
+                    reader.last_read = tokio::time::Instant::now();
+                }
+                shared.lock().dispatch_connection(id);
+                continue;
+            }
             changed = progress.changed(), if progress_live => {
                 if changed.is_err() {
                     // The store is gone (shutdown): no more confirms will come from it.
@@ -423,7 +433,7 @@ async fn sleep_until_dead(deadline: Option<tokio::time::Instant>) {
 /// Sends a heartbeat every `every` until the connection's writer goes away. Holds only a
 /// weak sender so that it never keeps the writer alive.
 fn spawn_heartbeats(out: &WriterHandle, every: Duration) {
-    let weak = out.0.downgrade();
+    let weak = out.downgrade();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every.max(Duration::from_millis(500)));
         tick.tick().await;

@@ -206,8 +206,30 @@ impl RawClient {
     /// Opens a TCP connection and does nothing else.
     pub async fn tcp(addr: SocketAddr) -> RawClient {
         let stream = within("TCP connect", TcpStream::connect(addr)).await.expect("TCP connect");
+        RawClient::over(stream)
+    }
+
+    fn over(stream: TcpStream) -> RawClient {
         stream.set_nodelay(true).expect("nodelay");
         RawClient { stream, buf: BytesMut::with_capacity(64 * 1024), frame_max: 0 }
+    }
+
+    /// Like [`RawClient::open`], over a socket whose receive buffer is fixed at `bytes`
+    /// (no autotuning), so that what the broker can push before the client reads is small
+    /// and known.
+    pub async fn open_with_receive_buffer(addr: SocketAddr, bytes: u32) -> RawClient {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        let stream = within("TCP connect", socket.connect(addr)).await.expect("TCP connect");
+        let (mut client, _) = RawClient::over(stream).logged_in(0, 0).await;
+        client.open_vhost("/").await;
+        client.open_channel(1).await;
+        client
+    }
+
+    /// Writes `bytes` unless that takes longer than `limit`; whether it did.
+    pub async fn write_within(&mut self, bytes: &[u8], limit: Duration) -> bool {
+        matches!(tokio::time::timeout(limit, self.stream.write_all(bytes)).await, Ok(Ok(())))
     }
 
     /// Connects, logs in as guest, opens vhost `/` and channel 1.
@@ -226,10 +248,13 @@ impl RawClient {
 
     /// Connects, sends the protocol header and reads `connection.start`.
     pub async fn start(addr: SocketAddr) -> (RawClient, ConnectionStart) {
-        let mut client = RawClient::tcp(addr).await;
-        client.send_raw(&PROTOCOL_HEADER).await;
-        match client.recv_method_on(0).await {
-            Method::ConnectionStart(start) => (client, start),
+        RawClient::tcp(addr).await.started().await
+    }
+
+    async fn started(mut self) -> (RawClient, ConnectionStart) {
+        self.send_raw(&PROTOCOL_HEADER).await;
+        match self.recv_method_on(0).await {
+            Method::ConnectionStart(start) => (self, start),
             other => panic!("expected connection.start, got {other:?}"),
         }
     }
@@ -255,7 +280,11 @@ impl RawClient {
         frame_max: u32,
         heartbeat: u16,
     ) -> (RawClient, Handshake) {
-        let (mut client, start) = RawClient::start(addr).await;
+        RawClient::tcp(addr).await.logged_in(frame_max, heartbeat).await
+    }
+
+    async fn logged_in(self, frame_max: u32, heartbeat: u16) -> (RawClient, Handshake) {
+        let (mut client, start) = self.started().await;
         client.send_start_ok("guest").await;
         let tune = match client.recv_method_on(0).await {
             Method::ConnectionTune(tune) => tune,
