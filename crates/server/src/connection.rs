@@ -101,14 +101,22 @@ impl Reader {
     /// Reads the next frame. Cancellation-safe: bytes read stay buffered.
     async fn frame(&mut self) -> Result<Frame, End> {
         loop {
-            match frame::check(&self.buf, self.frame_max) {
-                Ok(len) => {
-                    let bytes = self.buf.split_to(len).freeze();
-                    return Frame::parse(bytes).map_err(decode_close);
-                }
-                Err(DecodeError::Incomplete) => self.fill().await?,
-                Err(e) => return Err(decode_close(e)),
+            match self.buffered_frame()? {
+                Some(frame) => return Ok(frame),
+                None => self.fill().await?,
             }
+        }
+    }
+
+    /// The next frame if it is whole in the buffer already.
+    fn buffered_frame(&mut self) -> Result<Option<Frame>, End> {
+        match frame::check(&self.buf, self.frame_max) {
+            Ok(len) => {
+                let bytes = self.buf.split_to(len).freeze();
+                Frame::parse(bytes).map(Some).map_err(decode_close)
+            }
+            Err(DecodeError::Incomplete) => Ok(None),
+            Err(e) => Err(decode_close(e)),
         }
     }
 
@@ -360,7 +368,22 @@ async fn run(
         // A client that sends but does not read (the writer's queue is full of what it was
         // sent) is not read either until the writer catches up: TCP pushes back on it.
         // Its silence meanwhile is ours, so it does not count against its heartbeats.
-        let paused = !out.pressure().below(writer::READ_HIGH_WATER);
+        let mut paused = !out.pressure().below(writer::READ_HIGH_WATER);
+        // Frames that one read brought in are handled back to back: going through the
+        // select below for each would register (and drop) its wake-ups and timer every
+        // time, which under load costs more than handling the frame.
+        while !paused {
+            match reader.buffered_frame() {
+                Ok(Some(frame)) => {
+                    if let Err(end) = handle_frame(&ctx, &mut channels, channel_max, frame) {
+                        return end;
+                    }
+                }
+                Ok(None) => break,
+                Err(end) => return end,
+            }
+            paused = !out.pressure().below(writer::READ_HIGH_WATER);
+        }
         let dead_at = reader.dead_at().filter(|_| !paused);
         let frame = tokio::select! {
             frame = reader.frame(), if !paused => frame,
