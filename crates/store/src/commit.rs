@@ -116,9 +116,11 @@ pub(crate) fn commit_loop(shared: &Shared) -> Result<(), String> {
                     // A head being watched may become worth compacting without any write.
                     wait = wait.min(COMPACT_IDLE);
                 }
+                st.commit_waiting = true;
                 let (guard, timeout) =
                     shared.wake.wait_timeout(st, wait).unwrap_or_else(|p| p.into_inner());
                 st = guard;
+                st.commit_waiting = false;
                 st.flush_marks(shared.config.segment_size);
                 if timeout.timed_out() && !writer.unsynced.is_empty() {
                     break;

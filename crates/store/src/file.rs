@@ -55,6 +55,18 @@ impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Releases `st` and wakes the commit thread if it is waiting for work. Many appends
+    /// and acks come per fsync, and a condvar notification is a system call even when
+    /// nobody waits, so it is made only when the thread sleeps (it raises
+    /// `commit_waiting` under the lock before it waits, and lowers it once awake).
+    pub(crate) fn wake_commit(&self, st: MutexGuard<'_, State>) {
+        let waiting = st.commit_waiting;
+        drop(st);
+        if waiting {
+            self.wake.notify_one();
+        }
+    }
 }
 
 /// The file-backed store. See the module docs for the format and the commit protocol.
@@ -131,6 +143,7 @@ impl FileStore {
             head_watch: None,
             failed: None,
             closing: false,
+            commit_waiting: false,
         };
         match reuse {
             Some(last) => {
@@ -266,8 +279,7 @@ impl Store for FileStore {
         st.next_lsn += 1;
         st.batch_last_lsn = st.next_lsn - 1;
         st.collect_dead_head();
-        drop(st);
-        self.shared.wake.notify_one();
+        self.shared.wake_commit(st);
         Ok(released.len())
     }
 
@@ -296,8 +308,7 @@ impl Store for FileStore {
             st.release_one(queue, seq);
         }
         st.collect_dead_head();
-        drop(st);
-        self.shared.wake.notify_one();
+        self.shared.wake_commit(st);
         Ok(())
     }
 
@@ -352,8 +363,7 @@ impl Store for FileStore {
         }
         let mark = st.marks.entry(queue).or_insert(seq);
         *mark = (*mark).max(seq);
-        drop(st);
-        self.shared.wake.notify_one();
+        self.shared.wake_commit(st);
     }
 
     fn set_state(&self, queue: QueueId, seq: Seq, state: DeliveryState) {
@@ -366,8 +376,7 @@ impl Store for FileStore {
         }
         st.states.entry(queue).or_default().insert(seq, state);
         st.pending_states.insert((queue, seq), state);
-        drop(st);
-        self.shared.wake.notify_one();
+        self.shared.wake_commit(st);
     }
 
     fn save_definitions(&self, data: &[u8]) -> Result<(), StoreError> {
@@ -579,8 +588,7 @@ impl FileStore {
         let lsn = st.next_lsn;
         st.next_lsn += 1;
         st.batch_last_lsn = lsn;
-        drop(st);
-        self.shared.wake.notify_one();
+        self.shared.wake_commit(st);
         Ok((seq, lsn))
     }
 }

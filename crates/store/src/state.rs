@@ -79,6 +79,9 @@ pub(crate) struct State {
     pub(crate) head_watch: Option<crate::compaction::HeadWatch>,
     pub(crate) failed: Option<String>,
     pub(crate) closing: bool,
+    /// Whether the commit thread waits on [`crate::file::Shared`]'s condvar for work: only
+    /// then do writers notify it.
+    pub(crate) commit_waiting: bool,
 }
 
 impl State {
