@@ -5,15 +5,17 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{IoSlice, Write};
+
+use bytes::BytesMut;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::compaction::{COMPACT_IDLE, read_stragglers};
 use crate::config::Durability;
 use crate::file::{Shared, segment_path};
-use crate::record::SEGMENT_MAGIC;
-use crate::state::SegmentId;
+use crate::record::{self, SEGMENT_MAGIC};
+use crate::state::{ElidedRecord, SegmentId};
 
 /// Open segment files and the counters the fault injection uses.
 struct Writer {
@@ -45,7 +47,15 @@ impl Writer {
         self.files.get_mut(&id).ok_or_else(|| "segment file vanished".to_string())
     }
 
-    fn write(&mut self, shared: &Shared, id: SegmentId, data: &[u8]) -> Result<(), String> {
+    /// Appends `data` to segment `id`, with the `elided` records in it (sorted, inside
+    /// `data`) written as elided records instead.
+    fn write(
+        &mut self,
+        shared: &Shared,
+        id: SegmentId,
+        data: &[u8],
+        elided: &[ElidedRecord],
+    ) -> Result<(), String> {
         self.writes += 1;
         if shared.config.faults.fail_write_at == Some(self.writes) {
             return Err(format!("injected failure of write {}", self.writes));
@@ -57,7 +67,11 @@ impl Writer {
         }
         let journal = shared.journal.clone();
         let file = self.file(&journal, id)?;
-        file.write_all(data).map_err(|e| format!("writing segment {id}: {e}"))?;
+        if elided.is_empty() {
+            file.write_all(data).map_err(|e| format!("writing segment {id}: {e}"))?;
+        } else {
+            write_elided(file, data, elided).map_err(|e| format!("writing segment {id}: {e}"))?;
+        }
         if !self.unsynced.contains(&id) {
             self.unsynced.push(id);
         }
@@ -84,6 +98,37 @@ impl Writer {
     }
 }
 
+/// Writes `data` with each of the `elided` records in it replaced by an elided record of
+/// its sequence number: the pieces between them go out as they are, in vectored writes,
+/// so nothing is copied.
+fn write_elided(file: &mut File, data: &[u8], elided: &[ElidedRecord]) -> std::io::Result<()> {
+    let mut markers = BytesMut::with_capacity(elided.len() * record::ELIDED_LEN);
+    for record in elided {
+        record::encode_elided(&mut markers, record.seq);
+    }
+    let mut pieces: Vec<IoSlice<'_>> = Vec::with_capacity(elided.len() * 2 + 1);
+    let mut at = 0;
+    for (n, record) in elided.iter().enumerate() {
+        pieces.push(IoSlice::new(&data[at..record.start]));
+        let marker = n * record::ELIDED_LEN;
+        pieces.push(IoSlice::new(&markers[marker..marker + record::ELIDED_LEN]));
+        at = record.start + record.len;
+    }
+    pieces.push(IoSlice::new(&data[at..]));
+    pieces.retain(|piece| !piece.is_empty());
+    let mut rest = pieces.as_mut_slice();
+    // At most IOV_MAX (1024) pieces per call on Linux.
+    while !rest.is_empty() {
+        let upto = rest.len().min(1024);
+        let written = file.write_vectored(&rest[..upto])?;
+        if written == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "wrote nothing"));
+        }
+        IoSlice::advance_slices(&mut rest, written);
+    }
+    Ok(())
+}
+
 /// The group-commit loop: take the batch, write it, sync it, publish progress.
 pub(crate) fn commit_loop(shared: &Shared) -> Result<(), String> {
     let mut writer = Writer {
@@ -100,13 +145,14 @@ pub(crate) fn commit_loop(shared: &Shared) -> Result<(), String> {
     };
     loop {
         compact_head(shared);
-        let (batch, last_lsn, deletes, closing, active) = {
+        let (taken, last_lsn, deletes, closing, active) = {
             let mut st = shared.lock();
             st.flush_marks(shared.config.segment_size);
-            while st.batch.is_empty()
-                && st.to_delete.is_empty()
-                && !st.closing
-                && st.compaction_candidate(Instant::now()).is_none()
+            while (st.held && !st.closing)
+                || (st.batch.is_empty()
+                    && st.to_delete.is_empty()
+                    && !st.closing
+                    && st.compaction_candidate(Instant::now()).is_none())
             {
                 let mut wait = match interval {
                     Some(every) if !writer.unsynced.is_empty() => every,
@@ -122,12 +168,12 @@ pub(crate) fn commit_loop(shared: &Shared) -> Result<(), String> {
                 st = guard;
                 st.commit_waiting = false;
                 st.flush_marks(shared.config.segment_size);
-                if timeout.timed_out() && !writer.unsynced.is_empty() {
+                if timeout.timed_out() && !writer.unsynced.is_empty() && !st.held {
                     break;
                 }
             }
             (
-                std::mem::take(&mut st.batch),
+                st.take_batch(),
                 st.batch_last_lsn,
                 std::mem::take(&mut st.to_delete),
                 st.closing,
@@ -135,8 +181,10 @@ pub(crate) fn commit_loop(shared: &Shared) -> Result<(), String> {
             )
         };
         let result = (|| {
-            for (id, data) in &batch {
-                writer.write(shared, *id, data)?;
+            for (entry, (id, data)) in taken.batch.iter().enumerate() {
+                let start = taken.elided.partition_point(|e| e.entry < entry);
+                let end = taken.elided.partition_point(|e| e.entry <= entry);
+                writer.write(shared, *id, data, &taken.elided[start..end])?;
             }
             let sync_now = match shared.config.durability {
                 Durability::Fsync => true,
@@ -155,12 +203,12 @@ pub(crate) fn commit_loop(shared: &Shared) -> Result<(), String> {
             tracing::error!(%reason, "journal write failed; the store accepts no more writes");
             let mut st = shared.lock();
             st.failed = Some(reason.clone());
-            st.batch.clear();
+            st.take_batch();
             drop(st);
             shared.progress.send_modify(|p| p.failed = true);
             return Err(reason);
         }
-        if !batch.is_empty() {
+        if !taken.batch.is_empty() {
             shared.progress.send_modify(|p| p.durable = last_lsn);
         }
         // Keep only the active segment open; older ones are complete and synced.

@@ -126,7 +126,10 @@ impl State {
             }
             let size = record::moved_len(queues.len(), straggler.payload.len()) as u64;
             self.make_room(size, segment_size);
-            let offset = self.active_len;
+            // Its offset is fixed here (reads find the copy by it), so nothing before it
+            // in the batch may be elided any more.
+            self.pin_unwritten();
+            let offset = self.next_offset();
             let buf = self.reserve(size, segment_size);
             record::encode_moved(
                 buf,

@@ -126,6 +126,11 @@ impl FileStore {
             active,
             active_len: 0,
             batch: Vec::new(),
+            entry_starts: Vec::new(),
+            elided: Vec::new(),
+            active_shrink: 0,
+            pending_index: Vec::new(),
+            unwritten: HashMap::new(),
             batch_last_lsn: 0,
             segments,
             by_first_seq,
@@ -144,6 +149,7 @@ impl FileStore {
             failed: None,
             closing: false,
             commit_waiting: false,
+            held: false,
         };
         match reuse {
             Some(last) => {
@@ -170,7 +176,7 @@ impl FileStore {
         state.collect_dead_head();
         // The new active segment is written and synced before anything is deleted, so the
         // next sequence number is on disk even when every older segment goes.
-        let opening = std::mem::take(&mut state.batch);
+        let opening = state.take_batch().batch;
         if !opening.is_empty() {
             let path = segment_path(&journal, active);
             let mut file = OpenOptions::new()
@@ -306,6 +312,7 @@ impl Store for FileStore {
         }
         for &seq in &held {
             st.release_one(queue, seq);
+            st.unreference_unwritten(seq);
         }
         st.collect_dead_head();
         self.shared.wake_commit(st);
@@ -572,15 +579,14 @@ impl FileStore {
         st.next_seq += 1;
         let active = st.active;
         if !st.active_indexed || seq.is_multiple_of(INDEX_EVERY) {
-            let offset = st.active_len;
-            st.index.insert(seq, (active, offset));
-            st.active_indexed = true;
+            st.index_next(seq);
         }
         encode(st.reserve(size, self.shared.config.segment_size), seq, queues, payload);
         let mut added = 0;
         for queue in queues {
             added += u64::from(st.refs.entry(*queue).or_default().insert(seq));
         }
+        st.note_unwritten(seq, size as usize, added);
         if let Some(meta) = st.segments.get_mut(&active) {
             meta.live += added;
             meta.held += added;
@@ -590,6 +596,19 @@ impl FileStore {
         st.batch_last_lsn = lsn;
         self.shared.wake_commit(st);
         Ok((seq, lsn))
+    }
+}
+
+impl FileStore {
+    /// For tests: while held, the commit thread writes nothing (appends and acks gather in
+    /// the batch, and nothing becomes durable); releasing it lets the thread take all of
+    /// it at once. Closing the store releases it.
+    #[doc(hidden)]
+    pub fn hold_commits(&self, hold: bool) {
+        let mut st = self.shared.lock();
+        st.held = hold;
+        drop(st);
+        self.shared.wake.notify_one();
     }
 }
 

@@ -14,6 +14,8 @@
 //!                                            flags bit 0: transient, as a spill)
 //! state   = 8 queue:u32 seq:u64 delivery_count:u32 ready_at:u64
 //!                                           (a queue's delivery state of a message)
+//! elided  = 9 seq:u64                       (a publish or spill written without its
+//!                                            message: every queue had acknowledged it)
 //! ```
 //!
 //! A segment file starts with [`SEGMENT_MAGIC`]. Records never span segments.
@@ -37,6 +39,7 @@ const KIND_SPILL: u8 = 5;
 const KIND_RELEASE: u8 = 6;
 const KIND_MOVED: u8 = 7;
 const KIND_STATE: u8 = 8;
+const KIND_ELIDED: u8 = 9;
 
 /// A decoded record body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +103,13 @@ pub enum Record {
         payload: Bytes,
         /// A spilled transient message, which recovery drops.
         transient: bool,
+    },
+    /// What is written instead of a publish or spill whose message every queue had
+    /// acknowledged before the commit thread wrote it: its sequence number, so that
+    /// numbers are never reused after a restart.
+    Elided {
+        /// The sequence number.
+        seq: Seq,
     },
     /// A queue's delivery state of a message (the latest record wins).
     State {
@@ -178,6 +188,18 @@ pub fn encode_state(buf: &mut BytesMut, queue: QueueId, seq: Seq, state: Deliver
 
 /// Size of a delivery-state record on disk.
 pub const STATE_LEN: usize = HEADER_LEN + 25;
+
+/// Appends an elided record.
+pub fn encode_elided(buf: &mut BytesMut, seq: Seq) {
+    let start = buf.len();
+    buf.put_u64(0);
+    buf.put_u8(KIND_ELIDED);
+    buf.put_u64(seq);
+    finish(buf, start);
+}
+
+/// Size of an elided record on disk.
+pub const ELIDED_LEN: usize = HEADER_LEN + 9;
 
 /// Appends a release record.
 pub fn encode_release(buf: &mut BytesMut, queue: QueueId, from: Seq, to: Seq) {
@@ -258,6 +280,7 @@ pub fn is_known_kind(kind: u8) -> bool {
             | KIND_RELEASE
             | KIND_MOVED
             | KIND_STATE
+            | KIND_ELIDED
     )
 }
 
@@ -350,6 +373,13 @@ pub fn decode(data: &Bytes) -> Result<(Record, usize), Invalid> {
             let to = u64::from_be_bytes(body[13..21].try_into().map_err(|_| damaged("release"))?);
             Record::Release { queue, from, to }
         }
+        KIND_ELIDED => {
+            let seq =
+                body.get(1..9).filter(|_| body.len() == 9).ok_or_else(|| damaged("elided"))?;
+            Record::Elided {
+                seq: u64::from_be_bytes(seq.try_into().map_err(|_| damaged("elided"))?),
+            }
+        }
         KIND_BASE => {
             let next_seq =
                 body.get(1..9).filter(|_| body.len() == 9).ok_or_else(|| damaged("base"))?;
@@ -406,6 +436,9 @@ mod tests {
         let (recorded, m) = decode(&data.slice(n..)).unwrap();
         assert_eq!(m, STATE_LEN);
         assert_eq!(recorded, Record::State { queue: 4, seq: 3, state });
+        let mut buf = BytesMut::new();
+        encode_elided(&mut buf, 12);
+        assert_eq!(decode(&buf.freeze()), Ok((Record::Elided { seq: 12 }, ELIDED_LEN)));
     }
 
     #[test]

@@ -243,6 +243,10 @@ fn apply(scan: &mut Scan, segment: &mut ScannedSegment, record: Record) {
             let mark = scan.delivered.entry(queue).or_insert(seq);
             *mark = (*mark).max(seq);
         }
+        Record::Elided { seq } => {
+            segment.first_seq.get_or_insert(seq);
+            scan.next_seq = scan.next_seq.max(seq + 1);
+        }
         Record::State { queue, seq, state } => {
             scan.states.entry(queue).or_default().insert(seq, state);
         }
