@@ -54,10 +54,14 @@ struct ServeArgs {
     /// Journal segment size in bytes [default: 67108864]
     #[arg(long, env = "POSTROOM_SEGMENT_SIZE")]
     segment_size: Option<u64>,
-    /// Bytes of ready messages a durable queue keeps in memory before new ones wait in the
-    /// journal only [default: 8388608]
+    /// Bytes of ready messages a queue keeps in memory before new ones wait in the journal
+    /// only [default: 33554432]
     #[arg(long, env = "POSTROOM_QUEUE_MEMORY_LIMIT")]
     queue_memory_limit: Option<usize>,
+    /// Bytes of ready messages all queues together keep in memory before new ones wait in
+    /// the journal only [default: 268435456]
+    #[arg(long, env = "POSTROOM_MESSAGE_MEMORY_LIMIT")]
+    message_memory_limit: Option<usize>,
     /// Start even if a journal segment is damaged inside, skipping the damaged records
     #[arg(long, env = "POSTROOM_RECOVER_SKIP_CORRUPT")]
     recover_skip_corrupt: bool,
@@ -93,6 +97,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     }
     if let Some(limit) = args.queue_memory_limit {
         config.queue_memory_limit = limit;
+    }
+    if let Some(limit) = args.message_memory_limit {
+        config.message_memory_limit = limit;
     }
     config.recover_skip_corrupt |= args.recover_skip_corrupt;
     // Fault injection for the fault tests; deliberately not a documented flag.

@@ -11,9 +11,14 @@
 //!
 //! Every queue spills this way: a non-durable queue's messages are all transient for the
 //! store (spilled, and dropped by recovery).
+//!
+//! Two limits apply, as [`MemoryLimits`]: one per queue, and one for all queues together,
+//! counted by a [`MemoryGauge`] the broker shares with every backlog — so a few busy queues
+//! may keep a large head in memory while many queues cannot add up to more than the total.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use postroom_store::{DeliveryState, QueueId, Seq, Store};
 
@@ -25,6 +30,39 @@ const REFILL_MESSAGES: usize = 512;
 const REFILL_BYTES: usize = 1024 * 1024;
 /// Bytes a message in memory is charged beyond its body and properties (structs, Arcs).
 const ENTRY_OVERHEAD: usize = 128;
+
+/// The bytes of ready messages all queues of a broker hold in memory. Shared by their
+/// backlogs (every change happens under the broker's lock; atomic only to be shareable).
+#[derive(Debug, Clone, Default)]
+pub struct MemoryGauge(Arc<AtomicUsize>);
+
+impl MemoryGauge {
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, bytes: usize) {
+        self.0.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn sub(&self, bytes: usize) {
+        // Never below zero, whatever a bug in the accounting did.
+        let _ = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+            Some(held.saturating_sub(bytes))
+        });
+    }
+}
+
+/// How many bytes of ready messages may be held in memory before new ones wait in the
+/// store only: per queue, and by all queues of the broker together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryLimits {
+    /// One queue's share.
+    pub queue: usize,
+    /// All queues together.
+    pub total: usize,
+}
 
 /// Ready messages in memory: one FIFO lane, or one per priority (highest first, FIFO
 /// within a priority) for a queue with `x-max-priority`.
@@ -90,6 +128,8 @@ struct Cold {
 pub struct Backlog {
     hot: Lanes,
     hot_bytes: usize,
+    /// The broker-wide count `hot_bytes` is part of.
+    gauge: MemoryGauge,
     /// Body bytes of every ready message, for `x-max-length-bytes` (those recovered after
     /// a restart are not counted: their sizes are only known once read back).
     body_bytes: u64,
@@ -108,6 +148,13 @@ pub struct Backlog {
     next_order: u64,
     /// How many of `recovered_states` hold a retry time.
     recovered_retries: usize,
+}
+
+impl Drop for Backlog {
+    /// A queue that goes gives its share of the broker-wide gauge back.
+    fn drop(&mut self) {
+        self.gauge.sub(self.hot_bytes);
+    }
 }
 
 fn charge(entry: &QueuedMessage) -> usize {
@@ -163,7 +210,7 @@ impl Backlog {
             return false;
         }
         for message in due.into_values().rev() {
-            self.hot_bytes += charge(&message);
+            self.add_hot(charge(&message));
             self.body_bytes += message.message.body.len() as u64;
             self.hot.push_front(message);
         }
@@ -195,11 +242,14 @@ impl Backlog {
         entry: QueuedMessage,
         store_id: Option<QueueId>,
         store: &dyn Store,
-        limit: usize,
+        limits: MemoryLimits,
     ) {
         self.body_bytes += entry.message.body.len() as u64;
         let Some(queue_id) = store_id else { return self.push_hot(entry) };
-        if self.prioritised() || (self.cold.is_none() && self.hot_bytes + charge(&entry) <= limit) {
+        let cost = charge(&entry);
+        let fits =
+            self.hot_bytes + cost <= limits.queue && self.gauge.bytes() + cost <= limits.total;
+        if self.prioritised() || (self.cold.is_none() && fits) {
             return self.push_hot(entry);
         }
         let seq = match entry.stored {
@@ -243,8 +293,26 @@ impl Backlog {
     }
 
     fn push_hot(&mut self, entry: QueuedMessage) {
-        self.hot_bytes += charge(&entry);
+        self.add_hot(charge(&entry));
         self.hot.push_back(entry);
+    }
+
+    /// Counts its messages in `gauge` (shared by the broker's queues) from now on.
+    pub fn share_gauge(&mut self, gauge: &MemoryGauge) {
+        self.gauge.sub(self.hot_bytes);
+        self.gauge = gauge.clone();
+        self.gauge.add(self.hot_bytes);
+    }
+
+    fn add_hot(&mut self, bytes: usize) {
+        self.hot_bytes += bytes;
+        self.gauge.add(bytes);
+    }
+
+    fn sub_hot(&mut self, bytes: usize) {
+        let bytes = bytes.min(self.hot_bytes);
+        self.hot_bytes -= bytes;
+        self.gauge.sub(bytes);
     }
 
     /// Takes the head message, reading the next batch from the store when memory holds
@@ -255,7 +323,7 @@ impl Backlog {
             self.refill(store_id, store);
         }
         let entry = self.hot.pop_front()?;
-        self.hot_bytes = self.hot_bytes.saturating_sub(charge(&entry));
+        self.sub_hot(charge(&entry));
         self.body_bytes = self.body_bytes.saturating_sub(entry.message.body.len() as u64);
         Some(entry)
     }
@@ -308,7 +376,7 @@ impl Backlog {
 
     /// Puts a message just taken back at the head, as it was.
     pub fn requeue_unchanged(&mut self, message: QueuedMessage) {
-        self.hot_bytes += charge(&message);
+        self.add_hot(charge(&message));
         self.body_bytes += message.message.body.len() as u64;
         self.hot.push_front(message);
     }
@@ -329,7 +397,7 @@ impl Backlog {
                 let state = DeliveryState { delivery_count: message.delivery_count, ready_at: 0 };
                 store.set_state(queue, seq, state);
             }
-            self.hot_bytes += charge(&message);
+            self.add_hot(charge(&message));
             self.body_bytes += message.message.body.len() as u64;
             self.hot.push_front(message);
         }
@@ -342,7 +410,7 @@ impl Backlog {
         let count = self.len() + self.scheduled.len() as u64;
         let scheduled = std::mem::take(&mut self.scheduled).into_values();
         let stored = self.hot.drain().chain(scheduled).filter_map(|m| m.stored).collect();
-        self.hot_bytes = 0;
+        self.sub_hot(self.hot_bytes);
         self.body_bytes = 0;
         self.recovered_states.clear();
         self.recovered_retries = 0;
@@ -367,12 +435,13 @@ mod tests {
     }
 
     fn publish(backlog: &mut Backlog, store: &MemoryStore, n: u64, persistent: bool, limit: usize) {
+        let limits = MemoryLimits { queue: limit, total: usize::MAX };
         let message = message(n, persistent);
         let mut entry = QueuedMessage::new(Arc::new(message.clone()));
         if persistent {
             entry.stored = Some(store.append(&[1], &message.encode()).unwrap().0);
         }
-        backlog.push(entry, Some(1), store, limit);
+        backlog.push(entry, Some(1), store, limits);
     }
 
     #[test]
@@ -395,11 +464,39 @@ mod tests {
     }
 
     #[test]
+    fn queues_sharing_a_gauge_stay_within_the_total_together() {
+        let store = MemoryStore::new();
+        let gauge = MemoryGauge::default();
+        let limits = MemoryLimits { queue: 64 * 1024, total: 96 * 1024 };
+        let mut queues: Vec<Backlog> = (0..3).map(|_| Backlog::default()).collect();
+        for queue in &mut queues {
+            queue.share_gauge(&gauge);
+        }
+        for n in 0..3000u64 {
+            let queue = &mut queues[(n % 3) as usize];
+            queue.push(QueuedMessage::new(Arc::new(message(n, false))), Some(1), &store, limits);
+        }
+        assert!(gauge.bytes() <= limits.total, "{} bytes held", gauge.bytes());
+        assert!(gauge.bytes() > limits.queue, "the total, not one queue's share, was the limit");
+        let held: usize = queues.iter().map(|q| q.in_memory()).sum();
+        assert!(held < 3000, "everything stayed in memory");
+        // Draining one queue makes room in the gauge; dropping another gives all of its
+        // share back.
+        while queues[0].pop(Some(1), &store).is_some() {}
+        let after_drain = gauge.bytes();
+        queues.pop();
+        assert!(gauge.bytes() < after_drain);
+        drop(queues);
+        assert_eq!(gauge.bytes(), 0);
+    }
+
+    #[test]
     fn without_a_store_id_everything_stays_in_memory() {
         let store = MemoryStore::new();
         let mut backlog = Backlog::default();
         for n in 0..100 {
-            backlog.push(QueuedMessage::new(Arc::new(message(n, false))), None, &store, 0);
+            let limits = MemoryLimits { queue: 0, total: 0 };
+            backlog.push(QueuedMessage::new(Arc::new(message(n, false))), None, &store, limits);
         }
         assert_eq!(backlog.in_memory(), 100);
     }

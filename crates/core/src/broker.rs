@@ -12,14 +12,18 @@ use postroom_amqp::ShortStr;
 use postroom_store::{QueueId, Store};
 
 use crate::ConnectionId;
+use crate::backlog::{MemoryGauge, MemoryLimits};
 use crate::clock::{Clock, SystemClock};
 use crate::delivery::Return;
 use crate::error::{BrokerError, Result};
 use crate::session::{ChannelKey, ChannelState, ConnectionState, Outlet};
 use crate::vhost::VHost;
 
-/// Default for [`Broker::set_queue_memory_limit`]: 8 MiB per durable queue.
-pub const DEFAULT_QUEUE_MEMORY_LIMIT: usize = 8 * 1024 * 1024;
+/// Default for [`Broker::set_memory_limits`]: 32 MiB of ready messages per queue.
+pub const DEFAULT_QUEUE_MEMORY_LIMIT: usize = 32 * 1024 * 1024;
+
+/// Default for [`Broker::set_memory_limits`]: 256 MiB of ready messages for all queues.
+pub const DEFAULT_MESSAGE_MEMORY_LIMIT: usize = 256 * 1024 * 1024;
 
 /// The whole broker state.
 pub struct Broker {
@@ -30,9 +34,11 @@ pub struct Broker {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) next_queue_id: QueueId,
     next_id: u64,
-    /// Bytes of ready messages a durable queue keeps in memory before new ones wait in
-    /// the store only.
-    pub(crate) queue_memory_limit: usize,
+    /// Bytes of ready messages queues keep in memory before new ones wait in the store
+    /// only: each, and all together.
+    pub(crate) memory_limits: MemoryLimits,
+    /// Bytes of ready messages all queues keep in memory now.
+    pub(crate) memory: MemoryGauge,
     /// Queues whose next messages were not yet written when wanted (vhost, queue).
     pub(crate) waiting: HashSet<(ShortStr, ShortStr)>,
     /// Store ids of queues that persist nothing are taken from the top of the id space
@@ -66,7 +72,11 @@ impl Broker {
             store,
             next_queue_id: 1,
             next_id: 1,
-            queue_memory_limit: DEFAULT_QUEUE_MEMORY_LIMIT,
+            memory_limits: MemoryLimits {
+                queue: DEFAULT_QUEUE_MEMORY_LIMIT,
+                total: DEFAULT_MESSAGE_MEMORY_LIMIT,
+            },
+            memory: MemoryGauge::default(),
             waiting: HashSet::new(),
             free_transient_ids: Vec::new(),
             next_transient_id: QueueId::MAX,
@@ -82,10 +92,16 @@ impl Broker {
         self.clock = clock;
     }
 
-    /// Sets how many bytes of ready messages a durable queue keeps in memory; past it,
-    /// new messages wait in the store only and are read back as the queue drains.
-    pub fn set_queue_memory_limit(&mut self, bytes: usize) {
-        self.queue_memory_limit = bytes;
+    /// Sets how many bytes of ready messages each queue, and all queues together, keep in
+    /// memory; past either, new messages wait in the store only and are read back as the
+    /// queue drains.
+    pub fn set_memory_limits(&mut self, limits: MemoryLimits) {
+        self.memory_limits = limits;
+    }
+
+    /// Bytes of ready messages all queues hold in memory now.
+    pub fn messages_in_memory(&self) -> usize {
+        self.memory.bytes()
     }
 
     /// The store.

@@ -371,6 +371,7 @@ impl Broker {
             window.store_id = Some(self.durable_store_id());
         }
         queue.last_used = now;
+        queue.ready.share_gauge(&self.memory);
         if queue.needs_timer() {
             self.timed.insert((vhost_name.clone(), name.clone()));
         }

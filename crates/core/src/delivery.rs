@@ -432,7 +432,7 @@ impl Broker {
             if queue.persists_messages() {
                 entry.stored = stored.map(|(seq, _)| seq);
             }
-            queue.ready.push(entry, queue.store_id, &*self.store, self.queue_memory_limit);
+            queue.ready.push(entry, queue.store_id, &*self.store, self.memory_limits);
             queue.expiring |= message.ttl().is_some();
             // drop-head: the oldest messages make room (dead-lettered as `maxlen`).
             let mut heads = Vec::new();

@@ -235,6 +235,7 @@ impl Broker {
                 if let Some(id) = id {
                     by_id.insert(id, (vhost_name.as_str().into(), queue.name.clone()));
                 }
+                queue.ready.share_gauge(&self.memory);
                 self.vhost_entry(&vhost_name).queues.insert(queue.name.clone(), queue);
                 summary.queues += 1;
             }

@@ -14,6 +14,8 @@ use postroom_core::{
 };
 use postroom_store::{Lsn, Progress};
 
+use postroom_core::Broker;
+
 use crate::connection::Context;
 use crate::reply::Close;
 use crate::writer::WriterMsg;
@@ -88,9 +90,16 @@ impl Channel {
 
     /// Sends `channel.close` for a channel error and releases the channel's broker state at
     /// once (its unacked messages requeue now, not when the client answers).
-    pub fn close_with(&mut self, ctx: &Context, close: Close, class_id: u16, method_id: u16) {
+    pub fn close_with(
+        &mut self,
+        ctx: &Context,
+        broker: &mut Broker,
+        close: Close,
+        class_id: u16,
+        method_id: u16,
+    ) {
         tracing::debug!(channel = self.number, code = close.code, text = %close.text, "closing channel");
-        ctx.shared.lock().close_channel(ctx.key(self.number));
+        broker.close_channel(ctx.key(self.number));
         self.state = State::Closing;
         self.pending = None;
         ctx.out.method(
@@ -104,7 +113,12 @@ impl Channel {
         );
     }
 
-    pub fn handle(&mut self, ctx: &Context, frame: Frame) -> Result<After, Fail> {
+    pub fn handle(
+        &mut self,
+        ctx: &Context,
+        broker: &mut Broker,
+        frame: Frame,
+    ) -> Result<After, Fail> {
         if let State::Closing = self.state {
             return Ok(match frame {
                 Frame::Method { method: Method::ChannelCloseOk(_), .. } => After::Remove,
@@ -129,15 +143,20 @@ impl Channel {
                     ));
                 }
                 let (class_id, method_id) = (method.class_id(), method.method_id());
-                self.method(ctx, method).map_err(|close| (close, class_id, method_id))
+                self.method(ctx, broker, method).map_err(|close| (close, class_id, method_id))
             }
-            Frame::Header { header, .. } => self.content_header(ctx, header),
-            Frame::Body { payload, .. } => self.content_body(ctx, payload),
+            Frame::Header { header, .. } => self.content_header(ctx, broker, header),
+            Frame::Body { payload, .. } => self.content_body(ctx, broker, payload),
             Frame::Heartbeat => Ok(After::Continue),
         }
     }
 
-    fn content_header(&mut self, ctx: &Context, header: ContentHeader) -> Result<After, Fail> {
+    fn content_header(
+        &mut self,
+        ctx: &Context,
+        broker: &mut Broker,
+        header: ContentHeader,
+    ) -> Result<After, Fail> {
         let Some(pending) = self.pending.as_mut().filter(|p| p.header.is_none()) else {
             return Err(fail(reply::UNEXPECTED_FRAME, "unexpected content header", 60, 40));
         };
@@ -161,12 +180,17 @@ impl Channel {
         let size = header.body_size;
         pending.header = Some(header);
         if size == 0 {
-            return self.finish_publish(ctx);
+            return self.finish_publish(ctx, broker);
         }
         Ok(After::Continue)
     }
 
-    fn content_body(&mut self, ctx: &Context, payload: Bytes) -> Result<After, Fail> {
+    fn content_body(
+        &mut self,
+        ctx: &Context,
+        broker: &mut Broker,
+        payload: Bytes,
+    ) -> Result<After, Fail> {
         let Some(pending) = self.pending.as_mut() else {
             return Err(fail(reply::UNEXPECTED_FRAME, "unexpected content body", 60, 40));
         };
@@ -200,12 +224,12 @@ impl Channel {
             }
         }
         if total == expected {
-            return self.finish_publish(ctx);
+            return self.finish_publish(ctx, broker);
         }
         Ok(After::Continue)
     }
 
-    fn finish_publish(&mut self, ctx: &Context) -> Result<After, Fail> {
+    fn finish_publish(&mut self, ctx: &Context, broker: &mut Broker) -> Result<After, Fail> {
         let Some(pending) = self.pending.take() else {
             return Ok(After::Continue);
         };
@@ -242,7 +266,7 @@ impl Channel {
             ops.push(TxOp::Publish(Box::new((message, properties)), mandatory));
             return Ok(After::Continue);
         }
-        let published = self.publish(ctx, message, &properties, mandatory);
+        let published = self.publish(ctx, broker, message, &properties, mandatory);
         let Some(seq) = self.confirm.as_mut() else {
             published.map_err(|e| (Close::from(e), 60, 40))?;
             return Ok(After::Continue);
@@ -329,12 +353,13 @@ impl Channel {
     fn publish(
         &mut self,
         ctx: &Context,
+        broker: &mut Broker,
         message: Message,
         properties: &BasicProperties,
         mandatory: bool,
     ) -> Result<(Option<Lsn>, bool), BrokerError> {
         let returned = mandatory.then(|| message.clone());
-        let published = ctx.shared.lock().publish(ctx.key(self.number), message, properties)?;
+        let published = broker.publish(ctx.key(self.number), message, properties)?;
         if let (RouteResult::Unroutable, Some(message)) = (published.route, returned) {
             let ret = BasicReturn {
                 reply_code: reply::NO_ROUTE,
@@ -350,6 +375,7 @@ impl Channel {
     fn settle(
         &mut self,
         ctx: &Context,
+        broker: &mut Broker,
         tag: u64,
         multiple: bool,
         how: Settlement,
@@ -358,17 +384,21 @@ impl Channel {
             ops.push(TxOp::Settle(tag, multiple, how));
             return Ok(());
         }
-        ctx.shared.lock().settle(ctx.key(self.number), tag, multiple, how)
+        broker.settle(ctx.key(self.number), tag, multiple, how)
     }
 
-    fn method(&mut self, ctx: &Context, method: Method) -> Result<After, Close> {
+    fn method(
+        &mut self,
+        ctx: &Context,
+        broker: &mut Broker,
+        method: Method,
+    ) -> Result<After, Close> {
         let n = self.number;
         let key = ctx.key(n);
         let out = &ctx.out;
-        let shared = &ctx.shared;
         match method {
             Method::ChannelClose(_) => {
-                shared.lock().close_channel(key);
+                broker.close_channel(key);
                 out.method(n, ChannelCloseOk {});
                 return Ok(After::Remove);
             }
@@ -384,7 +414,7 @@ impl Channel {
                 if !flow.active {
                     return Err(Close::new(reply::NOT_IMPLEMENTED, "active=false"));
                 }
-                shared.lock().channel_flow(key, flow.active)?;
+                broker.channel_flow(key, flow.active)?;
                 out.method(n, ChannelFlowOk { active: flow.active });
             }
             Method::ChannelFlowOk(_) => {}
@@ -399,33 +429,27 @@ impl Channel {
                     internal: m.internal,
                     arguments: m.arguments,
                 };
-                shared.lock().exchange_declare(ctx.id, spec)?;
+                broker.exchange_declare(ctx.id, spec)?;
                 if !m.nowait {
                     out.method(n, ExchangeDeclareOk {});
                 }
             }
             Method::ExchangeDelete(m) => {
-                shared.lock().exchange_delete(ctx.id, &m.exchange, m.if_unused)?;
+                broker.exchange_delete(ctx.id, &m.exchange, m.if_unused)?;
                 if !m.nowait {
                     out.method(n, ExchangeDeleteOk {});
                 }
             }
             Method::ExchangeBind(m) => {
                 let destination = Destination::Exchange(m.destination);
-                shared.lock().bind(ctx.id, &m.source, destination, m.routing_key, m.arguments)?;
+                broker.bind(ctx.id, &m.source, destination, m.routing_key, m.arguments)?;
                 if !m.nowait {
                     out.method(n, ExchangeBindOk {});
                 }
             }
             Method::ExchangeUnbind(m) => {
                 let destination = Destination::Exchange(m.destination);
-                shared.lock().unbind(
-                    ctx.id,
-                    &m.source,
-                    destination,
-                    &m.routing_key,
-                    &m.arguments,
-                )?;
+                broker.unbind(ctx.id, &m.source, destination, &m.routing_key, &m.arguments)?;
                 if !m.nowait {
                     out.method(n, ExchangeUnbindOk {});
                 }
@@ -439,7 +463,7 @@ impl Channel {
                     auto_delete: m.auto_delete,
                     arguments: m.arguments,
                 };
-                let declared = shared.lock().queue_declare(ctx.id, spec)?;
+                let declared = broker.queue_declare(ctx.id, spec)?;
                 if !m.nowait {
                     out.method(
                         n,
@@ -453,31 +477,25 @@ impl Channel {
             }
             Method::QueueBind(m) => {
                 let destination = Destination::Queue(m.queue);
-                shared.lock().bind(ctx.id, &m.exchange, destination, m.routing_key, m.arguments)?;
+                broker.bind(ctx.id, &m.exchange, destination, m.routing_key, m.arguments)?;
                 if !m.nowait {
                     out.method(n, QueueBindOk {});
                 }
             }
             Method::QueueUnbind(m) => {
                 let destination = Destination::Queue(m.queue);
-                shared.lock().unbind(
-                    ctx.id,
-                    &m.exchange,
-                    destination,
-                    &m.routing_key,
-                    &m.arguments,
-                )?;
+                broker.unbind(ctx.id, &m.exchange, destination, &m.routing_key, &m.arguments)?;
                 out.method(n, QueueUnbindOk {});
             }
             Method::QueuePurge(m) => {
-                let message_count = shared.lock().queue_purge(ctx.id, &m.queue)?;
+                let message_count = broker.queue_purge(ctx.id, &m.queue)?;
                 if !m.nowait {
                     out.method(n, QueuePurgeOk { message_count });
                 }
             }
             Method::QueueDelete(m) => {
                 let message_count =
-                    shared.lock().queue_delete(ctx.id, &m.queue, m.if_unused, m.if_empty)?;
+                    broker.queue_delete(ctx.id, &m.queue, m.if_unused, m.if_empty)?;
                 if !m.nowait {
                     out.method(n, QueueDeleteOk { message_count });
                 }
@@ -489,12 +507,12 @@ impl Channel {
                         format!("prefetch_size!=0 ({})", m.prefetch_size),
                     ));
                 }
-                shared.lock().basic_qos(key, m.prefetch_count, m.global)?;
+                broker.basic_qos(key, m.prefetch_count, m.global)?;
                 out.method(n, BasicQosOk {});
             }
             Method::BasicConsume(m) => {
                 let nowait = m.nowait;
-                shared.lock().basic_consume(
+                broker.basic_consume(
                     key,
                     &m.queue,
                     m.consumer_tag,
@@ -508,7 +526,7 @@ impl Channel {
                 )?;
             }
             Method::BasicCancel(m) => {
-                shared.lock().basic_cancel(key, &m.consumer_tag)?;
+                broker.basic_cancel(key, &m.consumer_tag)?;
                 if !m.nowait {
                     out.method(n, BasicCancelOk { consumer_tag: m.consumer_tag });
                 }
@@ -524,7 +542,7 @@ impl Channel {
                     first_body: None,
                 });
             }
-            Method::BasicGet(m) => match shared.lock().basic_get(key, &m.queue, m.no_ack)? {
+            Method::BasicGet(m) => match broker.basic_get(key, &m.queue, m.no_ack)? {
                 Some(got) => {
                     let ok = BasicGetOk {
                         delivery_tag: got.delivery_tag,
@@ -537,12 +555,14 @@ impl Channel {
                 }
                 None => out.method(n, BasicGetEmpty { cluster_id: ShortStr::EMPTY }),
             },
-            Method::BasicAck(m) => self.settle(ctx, m.delivery_tag, m.multiple, Settlement::Ack)?,
+            Method::BasicAck(m) => {
+                self.settle(ctx, broker, m.delivery_tag, m.multiple, Settlement::Ack)?
+            }
             Method::BasicReject(m) => {
-                self.settle(ctx, m.delivery_tag, false, requeue_or_discard(m.requeue))?
+                self.settle(ctx, broker, m.delivery_tag, false, requeue_or_discard(m.requeue))?
             }
             Method::BasicNack(m) => {
-                self.settle(ctx, m.delivery_tag, m.multiple, requeue_or_discard(m.requeue))?
+                self.settle(ctx, broker, m.delivery_tag, m.multiple, requeue_or_discard(m.requeue))?
             }
             Method::BasicRecover(m) => {
                 if !m.requeue {
@@ -551,9 +571,9 @@ impl Channel {
                 // recover-ok goes out before the redeliveries, as RabbitMQ sends it: clients
                 // (lapin) drop deliveries that arrive before it.
                 out.method(n, BasicRecoverOk {});
-                shared.lock().basic_recover(key, m.requeue)?;
+                broker.basic_recover(key, m.requeue)?;
             }
-            Method::BasicRecoverAsync(m) => shared.lock().basic_recover(key, m.requeue)?,
+            Method::BasicRecoverAsync(m) => broker.basic_recover(key, m.requeue)?,
             Method::ConfirmSelect(m) => {
                 if self.tx.is_some() {
                     return Err(Close::new(
@@ -592,16 +612,19 @@ impl Channel {
                         TxStep::Settle { tag: *tag, multiple: *multiple }
                     }
                 });
-                shared.lock().check_transaction(key, steps)?;
+                broker.check_transaction(key, steps)?;
                 let mut durable_at = 0;
                 let result = ops.into_iter().try_for_each(|op| match op {
                     TxOp::Publish(publish, mandatory) => {
                         let (message, properties) = *publish;
-                        let (lsn, _) = self.publish(ctx, message, &properties, mandatory)?;
+                        let (lsn, _) =
+                            self.publish(ctx, broker, message, &properties, mandatory)?;
                         durable_at = durable_at.max(lsn.unwrap_or(0));
                         Ok(())
                     }
-                    TxOp::Settle(tag, multiple, how) => self.settle(ctx, tag, multiple, how),
+                    TxOp::Settle(tag, multiple, how) => {
+                        self.settle(ctx, broker, tag, multiple, how)
+                    }
                 });
                 self.tx = Some(Vec::new());
                 result.map_err(Close::from)?;

@@ -47,9 +47,12 @@ pub struct ServerConfig {
     pub segment_size: u64,
     /// Start even when a journal segment is damaged inside, skipping the damage.
     pub recover_skip_corrupt: bool,
-    /// Bytes of ready messages a durable queue keeps in memory; past it, new messages wait
-    /// in the journal only and are read back as the queue drains.
+    /// Bytes of ready messages a queue keeps in memory; past it, new messages wait in the
+    /// journal only and are read back as the queue drains.
     pub queue_memory_limit: usize,
+    /// Bytes of ready messages all queues together keep in memory; past it, every queue's
+    /// new messages wait in the journal.
+    pub message_memory_limit: usize,
     /// Injected store failures, for fault tests (`write:N,sync:M`); set from the
     /// `POSTROOM_FAILPOINTS` environment variable, never from the config file.
     #[serde(skip)]
@@ -87,6 +90,7 @@ impl Default for ServerConfig {
             segment_size: 64 * 1024 * 1024,
             recover_skip_corrupt: false,
             queue_memory_limit: postroom_core::broker::DEFAULT_QUEUE_MEMORY_LIMIT,
+            message_memory_limit: postroom_core::broker::DEFAULT_MESSAGE_MEMORY_LIMIT,
             faults: Faults::default(),
         }
     }

@@ -17,7 +17,7 @@ use postroom_amqp::constants::{FRAME_MIN_SIZE, PROTOCOL_HEADER, reply};
 use postroom_amqp::frame::{self, check_protocol_header};
 use postroom_amqp::method::*;
 use postroom_amqp::{DecodeError, FieldTable, FieldValue, Frame, LongStr, Method, ShortStr};
-use postroom_core::{ChannelKey, ConnectionId};
+use postroom_core::{Broker, ChannelKey, ConnectionId};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
@@ -368,22 +368,7 @@ async fn run(
         // A client that sends but does not read (the writer's queue is full of what it was
         // sent) is not read either until the writer catches up: TCP pushes back on it.
         // Its silence meanwhile is ours, so it does not count against its heartbeats.
-        let mut paused = !out.pressure().below(writer::READ_HIGH_WATER);
-        // Frames that one read brought in are handled back to back: going through the
-        // select below for each would register (and drop) its wake-ups and timer every
-        // time, which under load costs more than handling the frame.
-        while !paused {
-            match reader.buffered_frame() {
-                Ok(Some(frame)) => {
-                    if let Err(end) = handle_frame(&ctx, &mut channels, channel_max, frame) {
-                        return end;
-                    }
-                }
-                Ok(None) => break,
-                Err(end) => return end,
-            }
-            paused = !out.pressure().below(writer::READ_HIGH_WATER);
-        }
+        let paused = !out.pressure().below(writer::READ_HIGH_WATER);
         let dead_at = reader.dead_at().filter(|_| !paused);
         let frame = tokio::select! {
             frame = reader.frame(), if !paused => frame,
@@ -439,11 +424,32 @@ async fn run(
             Ok(frame) => frame,
             Err(end) => return end,
         };
-        if let Err(end) = handle_frame(&ctx, &mut channels, channel_max, frame) {
-            return end;
+        // The frames that one read brought in are handled back to back under one lock of
+        // the broker: going through the select above for each would register (and drop)
+        // its wake-ups and timer every time, and taking the lock for each would hand it
+        // back and forth with other connections' tasks (a futex wake and sleep each time).
+        // At most FRAMES_PER_LOCK, so that other connections wait briefly.
+        let mut broker = shared.lock();
+        let mut next = Some(frame);
+        let mut handled = 0;
+        while let Some(frame) = next.take() {
+            if let Err(end) = handle_frame(&ctx, &mut broker, &mut channels, channel_max, frame) {
+                return end;
+            }
+            handled += 1;
+            if handled == FRAMES_PER_LOCK || !out.pressure().below(writer::READ_HIGH_WATER) {
+                break;
+            }
+            next = match reader.buffered_frame() {
+                Ok(frame) => frame,
+                Err(end) => return end,
+            };
         }
     }
 }
+
+/// The most frames a connection handles under one lock of the broker.
+const FRAMES_PER_LOCK: usize = 256;
 
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until_dead(deadline: Option<tokio::time::Instant>) {
@@ -472,6 +478,7 @@ fn spawn_heartbeats(out: &WriterHandle, every: Duration) {
 
 fn handle_frame(
     ctx: &Context,
+    broker: &mut Broker,
     channels: &mut HashMap<u16, Channel>,
     channel_max: u16,
     frame: Frame,
@@ -513,7 +520,7 @@ fn handle_frame(
     }
     match channels.get_mut(&number) {
         Some(channel) => {
-            let outcome = channel.handle(ctx, frame);
+            let outcome = channel.handle(ctx, broker, frame);
             match outcome {
                 Ok(crate::channel::After::Continue) => Ok(()),
                 Ok(crate::channel::After::Remove) => {
@@ -523,7 +530,7 @@ fn handle_frame(
                 Err((close, class_id, method_id)) => match close.scope {
                     Scope::Connection => Err(End::Close(close, class_id, method_id)),
                     Scope::Channel => {
-                        channel.close_with(ctx, close, class_id, method_id);
+                        channel.close_with(ctx, broker, close, class_id, method_id);
                         Ok(())
                     }
                 },
@@ -539,10 +546,7 @@ fn handle_frame(
                     );
                     return Err(End::Close(Close::new(reply::NOT_ALLOWED, text), 20, 10));
                 }
-                ctx.shared
-                    .lock()
-                    .open_channel(ctx.key(number))
-                    .map_err(|e| End::Close(e.into(), 20, 10))?;
+                broker.open_channel(ctx.key(number)).map_err(|e| End::Close(e.into(), 20, 10))?;
                 channels.insert(number, Channel::new(number));
                 ctx.out.method(number, ChannelOpenOk { channel_id: LongStr::default() });
                 Ok(())

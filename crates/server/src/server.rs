@@ -75,7 +75,10 @@ impl Server {
         let store: Arc<dyn Store> =
             Arc::new(FileStore::open(&config.data_dir, config.store_config())?);
         let mut broker = Broker::new(seed, store.clone());
-        broker.set_queue_memory_limit(config.queue_memory_limit);
+        broker.set_memory_limits(postroom_core::backlog::MemoryLimits {
+            queue: config.queue_memory_limit,
+            total: config.message_memory_limit,
+        });
         let recovered = store.take_recovered();
         let summary = broker.restore(recovered)?;
         tracing::info!(

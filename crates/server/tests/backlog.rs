@@ -146,3 +146,32 @@ async fn a_non_durable_queue_spills_past_the_memory_limit_and_keeps_order() {
     conn.close(200, "bye".into()).await.unwrap();
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn queues_past_the_brokers_total_memory_limit_wait_in_the_journal_in_order() {
+    // Each queue may hold 32 MiB, but all of them only 64 KiB together.
+    let broker = TestBroker::start_with(|config| config.message_memory_limit = 64 * 1024).await;
+    let conn = Connection::connect(&broker.url(), ConnectionProperties::default()).await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    publish_numbered(&channel, "first", 1500).await;
+    publish_numbered(&channel, "second", 1500).await;
+    channel.basic_qos(50, BasicQosOptions::default()).await.unwrap();
+    for queue in ["second", "first"] {
+        let mut consumer = channel
+            .basic_consume(
+                queue.into(),
+                queue.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        for expected in 0..1500 {
+            let delivery = common::within("a delivery", consumer.next()).await.unwrap().unwrap();
+            assert_eq!(number(&delivery.data), expected, "in {queue}");
+            delivery.ack(BasicAckOptions::default()).await.unwrap();
+        }
+    }
+    conn.close(200, "bye".into()).await.unwrap();
+    broker.stop().await;
+}
