@@ -1,0 +1,19 @@
+//! The broker-independent scenarios against RabbitMQ, when `rabbitmq-server` is installed
+//! (skipped with a message otherwise). One node serves them all, one after another, because
+//! starting RabbitMQ takes seconds.
+
+mod common;
+
+use common::external::RabbitBroker;
+use common::scenarios;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_scenarios_hold_against_rabbitmq() {
+    let Some(rabbit) = RabbitBroker::start() else { return };
+    let url = rabbit.url();
+    eprintln!("RabbitMQ at {url}");
+    scenarios::a_confirmed_publish_carries_the_envelope(&url).await;
+    scenarios::a_refused_publish_fails_and_the_next_one_goes_through(&url).await;
+    scenarios::a_mandatory_message_with_no_route_is_reported_unroutable(&url).await;
+    scenarios::extra_headers_and_priority_reach_the_consumer(&url).await;
+}
