@@ -5,7 +5,7 @@
 mod common;
 
 use common::external::RabbitBroker;
-use common::scenarios;
+use common::{scenarios, worker_scenarios};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_scenarios_hold_against_rabbitmq() {
@@ -16,4 +16,10 @@ async fn the_sdk_scenarios_hold_against_rabbitmq() {
     scenarios::a_refused_publish_fails_and_the_next_one_goes_through(&url).await;
     scenarios::a_mandatory_message_with_no_route_is_reported_unroutable(&url).await;
     scenarios::extra_headers_and_priority_reach_the_consumer(&url).await;
+    worker_scenarios::each_result_is_acknowledged_as_the_table_says(&url).await;
+    worker_scenarios::a_panic_is_requeued_and_the_redelivery_succeeds(&url).await;
+    worker_scenarios::the_concurrency_limit_holds(&url).await;
+    worker_scenarios::shutdown_finishes_in_flight_messages_and_leaves_the_rest(&url).await;
+    worker_scenarios::a_duplicate_message_id_is_processed_once(&url).await;
+    worker_scenarios::request_reply_returns_answers_and_errors(&url).await;
 }

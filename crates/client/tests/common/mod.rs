@@ -4,6 +4,7 @@
 
 pub mod external;
 pub mod scenarios;
+pub mod worker_scenarios;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -67,4 +68,47 @@ pub async fn ready_count(channel: &Channel, queue: &str) -> u32 {
         .await
         .expect("passive declare")
         .message_count()
+}
+
+/// Waits until `condition` holds, polling; fails the test naming `what` after [`WAIT`].
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}: not true within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A worker running in the background, stopped through its shutdown signal.
+pub struct RunningWorker {
+    pub stats: std::sync::Arc<postroom_client::WorkerStats>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<postroom_client::Result<()>>,
+}
+
+impl RunningWorker {
+    pub fn start<H: postroom_client::Handler>(
+        url: &str,
+        handler: H,
+        config: postroom_client::WorkerConfig,
+    ) -> RunningWorker {
+        let connector = std::sync::Arc::new(
+            postroom_client::Connector::new(url, postroom_client::Backoff::default()).unwrap(),
+        );
+        let worker = postroom_client::Worker::new(connector, handler, config).unwrap();
+        let stats = worker.stats();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(worker.run(async move {
+            let _ = stopped.await;
+        }));
+        RunningWorker { stats, stop: Some(stop), task }
+    }
+
+    /// Signals shutdown and waits for `run` to return.
+    pub async fn stop(mut self) -> postroom_client::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        within("worker shutdown", &mut self.task).await.expect("worker task")
+    }
 }
