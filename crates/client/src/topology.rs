@@ -73,8 +73,13 @@ impl QueueSpec {
     }
 
     /// `x-delivery-limit`: dead-letter a message returned more than `limit` times.
+    ///
+    /// Also declares the queue `x-queue-type: quorum`, because RabbitMQ only accepts a
+    /// delivery limit on quorum queues (Postroom treats both types alike). A quorum queue
+    /// on RabbitMQ must be durable.
     pub fn delivery_limit(self, limit: u32) -> QueueSpec {
         self.argument("x-delivery-limit", AMQPValue::LongLongInt(i64::from(limit)))
+            .argument("x-queue-type", string("quorum"))
     }
 
     /// `x-dead-letter-exchange` (and `-routing-key`): where rejected, expired and

@@ -189,7 +189,8 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Consumes until `shutdown` completes, then stops consuming, finishes the messages in
-    /// flight and closes its channel. A lost connection is re-established (with the
+    /// flight and closes its channel (the connector's connection stays open: it may be shared;
+    /// close it with [`Connector::close`]). A lost connection is re-established (with the
     /// connector's backoff) and consuming resumes; messages in flight then are redelivered by
     /// the broker (at-least-once).
     ///
@@ -323,8 +324,10 @@ async fn settle(
     stats: &WorkerStats,
 ) {
     match outcome {
+        // The reason of a Drop or DeadLetter is the command's to log (see the Tracing
+        // middleware); here it is only traced at debug level.
         Outcome::Completed(result) if result.reason().is_some() => {
-            tracing::warn!(outcome = %result, "message not processed");
+            tracing::debug!(outcome = %result, "message not processed");
         }
         Outcome::Panicked(message) => {
             stats.panicked.fetch_add(1, Ordering::Relaxed);
