@@ -13,6 +13,10 @@ use crate::uow::UnitOfWork;
 
 /// At most this many events are handled for one command, so an event cycle ends in an error
 /// instead of running forever.
+///
+/// ```
+/// assert_eq!(postroom_bus::DEFAULT_EVENT_LIMIT, 10_000);
+/// ```
 pub const DEFAULT_EVENT_LIMIT: usize = 10_000;
 
 /// Handles one command type.
@@ -189,6 +193,11 @@ impl<U: UnitOfWork + 'static> Default for MessageBus<U> {
 
 impl<U: UnitOfWork + 'static> MessageBus<U> {
     /// An empty bus.
+    ///
+    /// ```
+    /// let bus = postroom_bus::MessageBus::<postroom_bus::InMemoryUnitOfWork>::new();
+    /// # drop(bus);
+    /// ```
     pub fn new() -> MessageBus<U> {
         MessageBus {
             commands: HashMap::new(),
@@ -198,12 +207,30 @@ impl<U: UnitOfWork + 'static> MessageBus<U> {
     }
 
     /// Changes the most events handled for one command.
+    ///
+    /// ```
+    /// let bus = postroom_bus::MessageBus::<postroom_bus::InMemoryUnitOfWork>::new().with_event_limit(100);
+    /// # drop(bus);
+    /// ```
     pub fn with_event_limit(mut self, limit: usize) -> MessageBus<U> {
         self.event_limit = limit;
         self
     }
 
     /// Registers the handler of command `C`.
+    ///
+    /// ```
+    /// # use postroom_bus::*;
+    /// # #[derive(Debug)] struct Ship;
+    /// # impl Command for Ship { type Output = (); const NAME: &'static str = "Ship"; }
+    /// struct ShipHandler;
+    /// impl CommandHandler<Ship, InMemoryUnitOfWork> for ShipHandler {
+    ///     async fn handle(&self, _: Ship, uow: &mut InMemoryUnitOfWork) -> Result<(), BusError> { uow.commit().await }
+    /// }
+    /// let mut bus = MessageBus::new();
+    /// bus.on_command(ShipHandler).unwrap();
+    /// assert!(bus.on_command(ShipHandler).is_err(), "one handler per command");
+    /// ```
     ///
     /// # Errors
     /// [`BusError::DuplicateHandler`] when `C` already has one.
@@ -224,6 +251,18 @@ impl<U: UnitOfWork + 'static> MessageBus<U> {
     }
 
     /// Adds a handler of event `E` (they run in registration order).
+    ///
+    /// ```
+    /// # use postroom_bus::*;
+    /// # #[derive(Debug)] struct Shipped;
+    /// # impl Event for Shipped { fn name(&self) -> &'static str { "Shipped" } }
+    /// struct Email;
+    /// impl EventHandler<Shipped, InMemoryUnitOfWork> for Email {
+    ///     async fn handle(&self, _: &Shipped, _: &mut InMemoryUnitOfWork) -> Result<(), BusError> { Ok(()) }
+    /// }
+    /// let mut bus = MessageBus::new();
+    /// bus.on_event(Email);
+    /// ```
     pub fn on_event<E: Event, H: EventHandler<E, U>>(&mut self, handler: H) -> &mut MessageBus<U> {
         let slot = Box::new(EventSlot::<E, H>(handler, PhantomData));
         self.events.entry(TypeId::of::<E>()).or_default().push(slot);
@@ -233,6 +272,20 @@ impl<U: UnitOfWork + 'static> MessageBus<U> {
     /// Handles `command`, then the events of the committed work, and the events those raise.
     /// An event handler's failure is logged and does not stop the others: the command's work
     /// is committed by then.
+    ///
+    /// ```
+    /// # use postroom_bus::*;
+    /// # #[derive(Debug)] struct Ship;
+    /// # impl Command for Ship { type Output = u32; const NAME: &'static str = "Ship"; }
+    /// # struct ShipHandler;
+    /// # impl CommandHandler<Ship, InMemoryUnitOfWork> for ShipHandler {
+    /// #     async fn handle(&self, _: Ship, uow: &mut InMemoryUnitOfWork) -> Result<u32, BusError> { uow.commit().await?; Ok(7) }
+    /// # }
+    /// let mut bus = MessageBus::new();
+    /// bus.on_command(ShipHandler).unwrap();
+    /// let mut uow = InMemoryUnitOfWork::default();
+    /// assert_eq!(futures_lite::future::block_on(bus.dispatch(Ship, &mut uow)).unwrap(), 7);
+    /// ```
     ///
     /// # Errors
     /// [`BusError::NoHandler`], the command handler's error, or [`BusError::EventLimit`].
@@ -251,6 +304,16 @@ impl<U: UnitOfWork + 'static> MessageBus<U> {
     }
 
     /// Handles an event from outside (and the events its handlers raise).
+    ///
+    /// ```
+    /// # use postroom_bus::*;
+    /// # #[derive(Debug)] struct PriceChanged;
+    /// # impl Event for PriceChanged { fn name(&self) -> &'static str { "PriceChanged" } }
+    /// let bus = MessageBus::new();
+    /// let mut uow = InMemoryUnitOfWork::default();
+    /// // An event from another service, arriving through the broker:
+    /// futures_lite::future::block_on(bus.publish(PriceChanged, &mut uow)).unwrap();
+    /// ```
     ///
     /// # Errors
     /// [`BusError::EventLimit`].

@@ -43,6 +43,14 @@ pub enum BusError {
 
 impl BusError {
     /// Wraps an application error (or a message) from a handler.
+    ///
+    /// ```
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("sku {0} does not exist")]
+    /// struct InvalidSku(String);
+    /// let error = postroom_bus::BusError::handler(InvalidSku("LAMP".into()));
+    /// assert!(matches!(error, postroom_bus::BusError::Handler(e) if e.is::<InvalidSku>()));
+    /// ```
     pub fn handler(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> BusError {
         BusError::Handler(error.into())
     }

@@ -63,6 +63,16 @@ pub trait Event: Any + Send + Sync + fmt::Debug {
 
 /// An event encoded for the broker: where it goes, what it is, which aggregate it belongs to
 /// (the relay keeps each aggregate's events in order) and its body.
+///
+/// ```
+/// let event = postroom_bus::ExternalEvent::json(&Ping, "agg-1").unwrap();
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Ping;
+/// # impl postroom_client::Message for Ping {
+/// #     const EXCHANGE: &'static str = "e"; const MESSAGE_TYPE: &'static str = "ping";
+/// #     fn routing_key(&self) -> std::borrow::Cow<'_, str> { "k".into() }
+/// # }
+/// assert_eq!((event.exchange.as_str(), event.routing_key.as_str()), ("e", "k"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ExternalEvent {
@@ -82,6 +92,16 @@ pub struct ExternalEvent {
 
 impl ExternalEvent {
     /// Encodes a typed [`postroom_client::Message`] as JSON, routed as the type says.
+    ///
+    /// ```
+    /// let event = postroom_bus::ExternalEvent::json(&Ping, "agg-1").unwrap();
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Ping;
+    /// # impl postroom_client::Message for Ping {
+    /// #     const EXCHANGE: &'static str = "e"; const MESSAGE_TYPE: &'static str = "ping";
+    /// #     fn routing_key(&self) -> std::borrow::Cow<'_, str> { "k".into() }
+    /// # }
+    /// assert_eq!(event.message_type, "ping");
+    /// ```
     ///
     /// # Errors
     /// [`BusError::Encode`] when serialization fails.

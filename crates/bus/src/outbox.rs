@@ -60,6 +60,12 @@ pub fn open(path: &Path) -> Result<Connection, BusError> {
 
 /// Creates the outbox table in an existing database (idempotent).
 ///
+/// ```
+/// let connection = rusqlite::Connection::open_in_memory().unwrap();
+/// postroom_bus::outbox::create_schema(&connection).unwrap();
+/// postroom_bus::outbox::create_schema(&connection).unwrap(); // idempotent
+/// ```
+///
 /// # Errors
 /// [`BusError::Database`].
 pub fn create_schema(connection: &Connection) -> Result<(), BusError> {
@@ -71,6 +77,21 @@ pub fn create_schema(connection: &Connection) -> Result<(), BusError> {
 /// the state change. `cause` (the message being handled) gives the correlation and
 /// causation ids; the trace context is the current span's, else the cause's. Returns the
 /// message id the event will be published with.
+///
+/// ```
+/// let connection = rusqlite::Connection::open_in_memory().unwrap();
+/// postroom_bus::outbox::create_schema(&connection).unwrap();
+/// # let event = postroom_bus::ExternalEvent::json(&Ping, "agg-1").unwrap();
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Ping;
+/// # impl postroom_client::Message for Ping {
+/// #     const EXCHANGE: &'static str = "e"; const MESSAGE_TYPE: &'static str = "ping";
+/// #     fn routing_key(&self) -> std::borrow::Cow<'_, str> { "k".into() }
+/// # }
+/// connection.execute_batch("BEGIN").unwrap();
+/// // … the state change on the same connection …
+/// postroom_bus::outbox::append(&connection, &event, None).unwrap();
+/// connection.execute_batch("COMMIT").unwrap();
+/// ```
 ///
 /// # Errors
 /// [`BusError::Database`].
@@ -109,6 +130,12 @@ pub fn append(
 }
 
 /// One outbox row.
+///
+/// ```
+/// let connection = rusqlite::Connection::open_in_memory().unwrap();
+/// postroom_bus::outbox::create_schema(&connection).unwrap();
+/// assert!(postroom_bus::outbox::unsent(&connection, 10).unwrap().is_empty());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct OutboxRecord {
@@ -142,6 +169,20 @@ pub struct OutboxRecord {
 
 impl OutboxRecord {
     /// The envelope to publish the record with.
+    ///
+    /// ```
+    /// let connection = rusqlite::Connection::open_in_memory().unwrap();
+    /// postroom_bus::outbox::create_schema(&connection).unwrap();
+    /// # let event = postroom_bus::ExternalEvent::json(&Ping, "agg-1").unwrap();
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Ping;
+    /// # impl postroom_client::Message for Ping {
+    /// #     const EXCHANGE: &'static str = "e"; const MESSAGE_TYPE: &'static str = "ping";
+    /// #     fn routing_key(&self) -> std::borrow::Cow<'_, str> { "k".into() }
+    /// # }
+    /// let id = postroom_bus::outbox::append(&connection, &event, None).unwrap();
+    /// let record = postroom_bus::outbox::unsent(&connection, 1).unwrap().remove(0);
+    /// assert_eq!(record.envelope().message_id, id);
+    /// ```
     pub fn envelope(&self) -> Envelope {
         let mut envelope = Envelope::new().with_message_id(self.message_id.clone());
         envelope.timestamp = Some(self.created_at);
@@ -155,6 +196,20 @@ impl OutboxRecord {
 }
 
 /// Up to `limit` unsent records, oldest first.
+///
+/// ```
+/// let connection = rusqlite::Connection::open_in_memory().unwrap();
+/// postroom_bus::outbox::create_schema(&connection).unwrap();
+/// # let event = postroom_bus::ExternalEvent::json(&Ping, "agg-1").unwrap();
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Ping;
+/// # impl postroom_client::Message for Ping {
+/// #     const EXCHANGE: &'static str = "e"; const MESSAGE_TYPE: &'static str = "ping";
+/// #     fn routing_key(&self) -> std::borrow::Cow<'_, str> { "k".into() }
+/// # }
+/// postroom_bus::outbox::append(&connection, &event, None).unwrap();
+/// let batch = postroom_bus::outbox::unsent(&connection, 100).unwrap();
+/// assert_eq!(batch[0].aggregate_id, "agg-1");
+/// ```
 ///
 /// # Errors
 /// [`BusError::Database`].
@@ -187,6 +242,21 @@ pub fn unsent(connection: &Connection, limit: usize) -> Result<Vec<OutboxRecord>
 
 /// Marks a record published.
 ///
+/// ```
+/// let connection = rusqlite::Connection::open_in_memory().unwrap();
+/// postroom_bus::outbox::create_schema(&connection).unwrap();
+/// # let event = postroom_bus::ExternalEvent::json(&Ping, "agg-1").unwrap();
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Ping;
+/// # impl postroom_client::Message for Ping {
+/// #     const EXCHANGE: &'static str = "e"; const MESSAGE_TYPE: &'static str = "ping";
+/// #     fn routing_key(&self) -> std::borrow::Cow<'_, str> { "k".into() }
+/// # }
+/// postroom_bus::outbox::append(&connection, &event, None).unwrap();
+/// let record = postroom_bus::outbox::unsent(&connection, 1).unwrap().remove(0);
+/// postroom_bus::outbox::mark_sent(&connection, record.id).unwrap();
+/// assert_eq!(postroom_bus::outbox::unsent_count(&connection).unwrap(), 0);
+/// ```
+///
 /// # Errors
 /// [`BusError::Database`].
 pub fn mark_sent(connection: &Connection, id: i64) -> Result<(), BusError> {
@@ -199,6 +269,21 @@ pub fn mark_sent(connection: &Connection, id: i64) -> Result<(), BusError> {
 
 /// Records a failed publish of a record.
 ///
+/// ```
+/// let connection = rusqlite::Connection::open_in_memory().unwrap();
+/// postroom_bus::outbox::create_schema(&connection).unwrap();
+/// # let event = postroom_bus::ExternalEvent::json(&Ping, "agg-1").unwrap();
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Ping;
+/// # impl postroom_client::Message for Ping {
+/// #     const EXCHANGE: &'static str = "e"; const MESSAGE_TYPE: &'static str = "ping";
+/// #     fn routing_key(&self) -> std::borrow::Cow<'_, str> { "k".into() }
+/// # }
+/// postroom_bus::outbox::append(&connection, &event, None).unwrap();
+/// let record = postroom_bus::outbox::unsent(&connection, 1).unwrap().remove(0);
+/// postroom_bus::outbox::mark_failed(&connection, record.id, "broker down").unwrap();
+/// assert_eq!(postroom_bus::outbox::unsent(&connection, 1).unwrap()[0].attempts, 1);
+/// ```
+///
 /// # Errors
 /// [`BusError::Database`].
 pub fn mark_failed(connection: &Connection, id: i64, error: &str) -> Result<(), BusError> {
@@ -210,6 +295,12 @@ pub fn mark_failed(connection: &Connection, id: i64, error: &str) -> Result<(), 
 }
 
 /// How many records wait to be published.
+///
+/// ```
+/// let connection = rusqlite::Connection::open_in_memory().unwrap();
+/// postroom_bus::outbox::create_schema(&connection).unwrap();
+/// assert_eq!(postroom_bus::outbox::unsent_count(&connection).unwrap(), 0);
+/// ```
 ///
 /// # Errors
 /// [`BusError::Database`].
@@ -225,6 +316,19 @@ pub fn unsent_count(connection: &Connection) -> Result<u64, BusError> {
 /// When the record with `message_id` was published: `None` when there is no such record,
 /// `Some(None)` while it waits, `Some(Some(seconds since the epoch))` once sent.
 ///
+/// ```
+/// let connection = rusqlite::Connection::open_in_memory().unwrap();
+/// postroom_bus::outbox::create_schema(&connection).unwrap();
+/// # let event = postroom_bus::ExternalEvent::json(&Ping, "agg-1").unwrap();
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Ping;
+/// # impl postroom_client::Message for Ping {
+/// #     const EXCHANGE: &'static str = "e"; const MESSAGE_TYPE: &'static str = "ping";
+/// #     fn routing_key(&self) -> std::borrow::Cow<'_, str> { "k".into() }
+/// # }
+/// let id = postroom_bus::outbox::append(&connection, &event, None).unwrap();
+/// assert_eq!(postroom_bus::outbox::sent_at(&connection, &id).unwrap(), Some(None));
+/// ```
+///
 /// # Errors
 /// [`BusError::Database`].
 pub fn sent_at(connection: &Connection, message_id: &str) -> Result<Option<Option<i64>>, BusError> {
@@ -238,6 +342,12 @@ pub fn sent_at(connection: &Connection, message_id: &str) -> Result<Option<Optio
 }
 
 /// Deletes records published more than `age` ago; returns how many.
+///
+/// ```
+/// let connection = rusqlite::Connection::open_in_memory().unwrap();
+/// postroom_bus::outbox::create_schema(&connection).unwrap();
+/// assert_eq!(postroom_bus::outbox::purge_sent(&connection, std::time::Duration::from_secs(86_400)).unwrap(), 0);
+/// ```
 ///
 /// # Errors
 /// [`BusError::Database`].

@@ -82,6 +82,13 @@ impl<C: Codec> OutboxRelay<C> {
     /// A relay for the database at `path`, publishing through `publisher` (which should have
     /// confirms on, as by default).
     ///
+    /// ```no_run
+    /// # fn build(publisher: std::sync::Arc<postroom_client::Publisher>) -> Result<(), postroom_bus::BusError> {
+    /// use postroom_bus::{OutboxRelay, RelayConfig};
+    /// let relay = OutboxRelay::open("app.db".as_ref(), publisher, RelayConfig::default())?;
+    /// # drop(relay); Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`BusError::Database`].
     pub fn open(
@@ -95,12 +102,25 @@ impl<C: Codec> OutboxRelay<C> {
 
     /// A handle that makes the relay look at the outbox now (give it to
     /// [`SqliteUnitOfWork::wake_on_commit`](crate::SqliteUnitOfWork::wake_on_commit)).
+    ///
+    /// ```no_run
+    /// # fn wire(relay: &postroom_bus::OutboxRelay<postroom_client::Json>) -> Result<(), postroom_bus::BusError> {
+    /// let uow = postroom_bus::SqliteUnitOfWork::open("app.db".as_ref())?.wake_on_commit(relay.waker());
+    /// # drop(uow); Ok(()) }
+    /// ```
     pub fn waker(&self) -> Arc<Notify> {
         Arc::clone(&self.wake)
     }
 
     /// Publishes up to one batch of unsent rows, in order, stopping at the first failure.
     /// Returns how many were published.
+    ///
+    /// ```no_run
+    /// # async fn run(relay: postroom_bus::OutboxRelay<postroom_client::Json>) -> Result<(), postroom_bus::BusError> {
+    /// let published = relay.relay_once().await?;
+    /// println!("{published} events published");
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`BusError::Publish`] for the row that failed (earlier rows of the batch are marked
@@ -141,6 +161,16 @@ impl<C: Codec> OutboxRelay<C> {
     /// Relays until `shutdown` completes: a round whenever woken, every `poll_interval`
     /// otherwise, and `retry_delay` after a failure. Finishes the row in progress before
     /// returning.
+    ///
+    /// ```no_run
+    /// # async fn run(relay: postroom_bus::OutboxRelay<postroom_client::Json>) {
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// let relaying = tokio::spawn(relay.run(async move { let _ = stopped.await; }));
+    /// // … at shutdown:
+    /// let _ = stop.send(());
+    /// let _ = relaying.await;
+    /// # }
+    /// ```
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let mut shutdown = pin!(shutdown);
         loop {

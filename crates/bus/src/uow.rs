@@ -56,6 +56,12 @@ pub trait UnitOfWork: Send {
 
 /// A unit of work with no storage: commits only release the recorded events. For tests and
 /// for services whose state lives elsewhere.
+///
+/// ```
+/// use postroom_bus::{InMemoryUnitOfWork, UnitOfWork};
+/// let mut uow = InMemoryUnitOfWork::default();
+/// assert!(uow.collect_new_events().is_empty());
+/// ```
 #[derive(Debug, Default)]
 pub struct InMemoryUnitOfWork {
     pending: Vec<Box<dyn Event>>,
@@ -66,16 +72,40 @@ pub struct InMemoryUnitOfWork {
 
 impl InMemoryUnitOfWork {
     /// Records an event of the open work.
+    ///
+    /// ```
+    /// # #[derive(Debug)] struct Happened;
+    /// # impl postroom_bus::Event for Happened { fn name(&self) -> &'static str { "Happened" } }
+    /// let mut uow = postroom_bus::InMemoryUnitOfWork::default();
+    /// uow.record(Happened);
+    /// ```
     pub fn record(&mut self, event: impl Event) {
         self.pending.push(Box::new(event));
     }
 
     /// How many times the work was committed.
+    ///
+    /// ```
+    /// use postroom_bus::{InMemoryUnitOfWork, UnitOfWork};
+    /// let mut uow = InMemoryUnitOfWork::default();
+    /// futures_lite::future::block_on(uow.commit()).unwrap();
+    /// assert_eq!(uow.commits(), 1);
+    /// ```
     pub fn commits(&self) -> usize {
         self.commits
     }
 
     /// The names of every event committed so far, in order.
+    ///
+    /// ```
+    /// # #[derive(Debug)] struct Happened;
+    /// # impl postroom_bus::Event for Happened { fn name(&self) -> &'static str { "Happened" } }
+    /// use postroom_bus::{InMemoryUnitOfWork, UnitOfWork};
+    /// let mut uow = InMemoryUnitOfWork::default();
+    /// uow.record(Happened);
+    /// futures_lite::future::block_on(uow.commit()).unwrap();
+    /// assert_eq!(uow.committed_event_names(), ["Happened"]);
+    /// ```
     pub fn committed_event_names(&self) -> &[&'static str] {
         &self.names
     }
@@ -130,6 +160,12 @@ pub struct SqliteUnitOfWork {
 impl SqliteUnitOfWork {
     /// Opens the database at `path` (see [`outbox::open`]).
     ///
+    /// ```
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let uow = postroom_bus::SqliteUnitOfWork::open(&dir.path().join("app.db")).unwrap();
+    /// # drop(uow);
+    /// ```
+    ///
     /// # Errors
     /// [`BusError::Database`].
     pub fn open(path: &Path) -> Result<SqliteUnitOfWork, BusError> {
@@ -137,6 +173,13 @@ impl SqliteUnitOfWork {
     }
 
     /// Uses an open connection whose database has the outbox table.
+    ///
+    /// ```
+    /// let connection = rusqlite::Connection::open_in_memory().unwrap();
+    /// postroom_bus::outbox::create_schema(&connection).unwrap();
+    /// let uow = postroom_bus::SqliteUnitOfWork::from_connection(connection);
+    /// # drop(uow);
+    /// ```
     pub fn from_connection(connection: Connection) -> SqliteUnitOfWork {
         SqliteUnitOfWork {
             connection,
@@ -150,6 +193,13 @@ impl SqliteUnitOfWork {
 
     /// Wakes `relay` after each commit that wrote to the outbox
     /// (see [`OutboxRelay::waker`](crate::OutboxRelay::waker)).
+    ///
+    /// ```
+    /// let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    /// let uow = postroom_bus::SqliteUnitOfWork::from_connection(rusqlite::Connection::open_in_memory().unwrap())
+    ///     .wake_on_commit(wake);
+    /// # drop(uow);
+    /// ```
     pub fn wake_on_commit(mut self, relay: Arc<Notify>) -> SqliteUnitOfWork {
         self.relay = Some(relay);
         self
@@ -157,12 +207,25 @@ impl SqliteUnitOfWork {
 
     /// Names the message being handled, so outgoing events carry its correlation id and
     /// name it as their cause.
+    ///
+    /// ```
+    /// let mut uow = postroom_bus::SqliteUnitOfWork::from_connection(rusqlite::Connection::open_in_memory().unwrap());
+    /// uow.set_cause(Some(postroom_client::Envelope::new().with_correlation_id("order-7")));
+    /// ```
     pub fn set_cause(&mut self, cause: Option<Envelope>) {
         self.cause = cause;
     }
 
     /// Opens the transaction (`BEGIN IMMEDIATE`: the write lock is taken now, so the commit
     /// cannot fail on a busy database after the work is done).
+    ///
+    /// ```
+    /// let connection = rusqlite::Connection::open_in_memory().unwrap();
+    /// postroom_bus::outbox::create_schema(&connection).unwrap();
+    /// let mut uow = postroom_bus::SqliteUnitOfWork::from_connection(connection);
+    /// uow.begin().unwrap();
+    /// assert!(uow.begin().is_err(), "one transaction at a time");
+    /// ```
     ///
     /// # Errors
     /// [`BusError::UnitOfWork`] when a transaction is already open; [`BusError::Database`].
@@ -177,16 +240,36 @@ impl SqliteUnitOfWork {
     }
 
     /// The connection, for the application's repositories.
+    ///
+    /// ```
+    /// let uow = postroom_bus::SqliteUnitOfWork::from_connection(rusqlite::Connection::open_in_memory().unwrap());
+    /// uow.connection().execute_batch("CREATE TABLE orders (id TEXT PRIMARY KEY)").unwrap();
+    /// ```
     pub fn connection(&self) -> &Connection {
         &self.connection
     }
 
     /// Records an event of the open work.
+    ///
+    /// ```
+    /// # #[derive(Debug)] struct Happened;
+    /// # impl postroom_bus::Event for Happened { fn name(&self) -> &'static str { "Happened" } }
+    /// let mut uow = postroom_bus::SqliteUnitOfWork::from_connection(rusqlite::Connection::open_in_memory().unwrap());
+    /// uow.record(Happened);
+    /// ```
     pub fn record(&mut self, event: impl Event) {
         self.pending.push(Box::new(event));
     }
 
     /// Records events already boxed (e.g. taken from an aggregate).
+    ///
+    /// ```
+    /// # #[derive(Debug)] struct Happened;
+    /// # impl postroom_bus::Event for Happened { fn name(&self) -> &'static str { "Happened" } }
+    /// let mut uow = postroom_bus::SqliteUnitOfWork::from_connection(rusqlite::Connection::open_in_memory().unwrap());
+    /// let events: Vec<Box<dyn postroom_bus::Event>> = vec![Box::new(Happened), Box::new(Happened)];
+    /// uow.record_all(events);
+    /// ```
     pub fn record_all(&mut self, events: impl IntoIterator<Item = Box<dyn Event>>) {
         self.pending.extend(events);
     }

@@ -28,6 +28,10 @@ pub enum Outcome {
 
 impl Outcome {
     /// `success`, `retry`, `drop`, `dead_letter`, `panic` or `timeout`.
+    ///
+    /// ```
+    /// assert_eq!(postroom_client::Outcome::Panicked("boom".into()).kind(), "panic");
+    /// ```
     pub fn kind(&self) -> &'static str {
         match self {
             Outcome::Completed(result) => result.kind(),
@@ -38,6 +42,12 @@ impl Outcome {
 }
 
 /// How the broker is told.
+///
+/// ```
+/// use postroom_client::{Acknowledgement, CommandResult, Outcome, acknowledgement};
+/// let outcome = Outcome::Completed(CommandResult::dropped("stale"));
+/// assert_eq!(acknowledgement(&outcome), Acknowledgement::Ack);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Acknowledgement {
     /// `basic.ack`: the message is gone.
@@ -112,16 +122,43 @@ impl<H> std::fmt::Debug for ConsumerAdapter<H> {
 
 impl<H: Handler> ConsumerAdapter<H> {
     /// An adapter giving each message at most `timeout`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use postroom_client::{CommandResult, ConsumerAdapter, handler_fn};
+    /// let adapter = ConsumerAdapter::new(handler_fn(|_| async { CommandResult::Success }), Duration::from_secs(5));
+    /// # drop(adapter);
+    /// ```
     pub fn new(handler: H, timeout: Duration) -> ConsumerAdapter<H> {
         ConsumerAdapter { handler: Arc::new(handler), timeout }
     }
 
     /// The handler.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use postroom_client::{CommandResult, ConsumerAdapter, Handler, Incoming, handler_fn};
+    /// let adapter = ConsumerAdapter::new(handler_fn(|_| async { CommandResult::Success }), Duration::from_secs(5));
+    /// let direct = futures_lite::future::block_on(adapter.handler().handle(&Incoming::new(vec![])));
+    /// assert_eq!(direct, CommandResult::Success);
+    /// ```
     pub fn handler(&self) -> &H {
         &self.handler
     }
 
     /// Runs the handler on `message` in a new task. Must be called within a tokio runtime.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use postroom_client::{ConsumerAdapter, Incoming, Outcome, handler_fn};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let adapter = ConsumerAdapter::new(
+    ///     handler_fn(|_| async { panic!("bug") }),
+    ///     Duration::from_secs(5),
+    /// );
+    /// assert_eq!(adapter.process(Incoming::new(vec![])).await, Outcome::Panicked("bug".into()));
+    /// # }
+    /// ```
     pub async fn process(&self, message: Incoming) -> Outcome {
         let handler = Arc::clone(&self.handler);
         let mut task = tokio::spawn(async move { handler.handle(&message).await });

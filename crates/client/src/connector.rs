@@ -53,6 +53,11 @@ impl Default for Backoff {
 
 impl Backoff {
     /// The wait after the `attempt`-th failure (1-based).
+    ///
+    /// ```
+    /// let backoff = postroom_client::Backoff { jitter: 0.0, ..Default::default() };
+    /// assert_eq!(backoff.delay(3), std::time::Duration::from_millis(400));
+    /// ```
     pub fn delay(&self, attempt: u32) -> Duration {
         let exponent = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
         let base = self.initial.as_secs_f64() * self.multiplier.powi(exponent);
@@ -66,6 +71,11 @@ impl Backoff {
     }
 
     /// Checks the values.
+    ///
+    /// ```
+    /// use postroom_client::Backoff;
+    /// assert!(Backoff { multiplier: 0.5, ..Backoff::default() }.validate().is_err());
+    /// ```
     ///
     /// # Errors
     /// [`Error::Config`] naming the bad field.
@@ -119,6 +129,12 @@ impl std::fmt::Debug for Connector {
 impl Connector {
     /// A connector for `url` (`amqp://user:pass@host:port/vhost`). Connects lazily.
     ///
+    /// ```
+    /// use postroom_client::{Backoff, Connector};
+    /// let connector = Connector::new("amqp://guest:guest@127.0.0.1:5672/%2f", Backoff::default()).unwrap();
+    /// # drop(connector);
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Config`] when the backoff is invalid.
     pub fn new(url: impl Into<String>, backoff: Backoff) -> Result<Connector> {
@@ -127,17 +143,36 @@ impl Connector {
     }
 
     /// Sets the connection name shown by the broker's management tools.
+    ///
+    /// ```
+    /// use postroom_client::{Backoff, Connector};
+    /// let connector = Connector::new("amqp://127.0.0.1:5672/%2f", Backoff::default()).unwrap().with_name("auth-worker");
+    /// # drop(connector);
+    /// ```
     pub fn with_name(mut self, name: impl Into<String>) -> Connector {
         self.name = Some(name.into());
         self
     }
 
     /// The backoff used between attempts.
+    ///
+    /// ```
+    /// use postroom_client::{Backoff, Connector};
+    /// let connector = Connector::new("amqp://127.0.0.1:5672/%2f", Backoff::default()).unwrap();
+    /// assert_eq!(connector.backoff(), &Backoff::default());
+    /// ```
     pub fn backoff(&self) -> &Backoff {
         &self.backoff
     }
 
     /// The open connection, connecting (with backoff) when there is none or it has closed.
+    ///
+    /// ```no_run
+    /// # async fn run(connector: postroom_client::Connector) -> postroom_client::Result<()> {
+    /// let connection = connector.connection().await?;
+    /// assert!(connection.status().connected());
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`Error::Connect`] after `max_attempts` failures.
@@ -174,11 +209,26 @@ impl Connector {
     }
 
     /// Whether a connection is open now (without connecting).
+    ///
+    /// ```no_run
+    /// # async fn run(connector: postroom_client::Connector) {
+    /// if !connector.is_connected().await {
+    ///     println!("not connected (yet)");
+    /// }
+    /// # }
+    /// ```
     pub async fn is_connected(&self) -> bool {
         self.current.lock().await.as_ref().is_some_and(|connection| connection.status().connected())
     }
 
     /// A new channel on the (re)connected connection.
+    ///
+    /// ```no_run
+    /// # async fn run(connector: postroom_client::Connector) -> postroom_client::Result<()> {
+    /// let channel = connector.channel().await?;
+    /// postroom_client::QueueSpec::new("jobs").declare(&channel).await?;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`Error::Connect`] or [`Error::Amqp`].
@@ -189,6 +239,12 @@ impl Connector {
 
     /// Closes the connection (if open). A later call to [`connection`](Self::connection)
     /// opens a new one.
+    ///
+    /// ```no_run
+    /// # async fn run(connector: postroom_client::Connector) {
+    /// connector.close().await;
+    /// # }
+    /// ```
     pub async fn close(&self) {
         if let Some(connection) = self.current.lock().await.take()
             && connection.status().connected()

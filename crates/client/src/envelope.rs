@@ -23,11 +23,23 @@ pub use crate::trace::TRACEPARENT;
 use crate::trace::TraceContext;
 
 /// Header naming the message that caused this one.
+///
+/// ```
+/// assert_eq!(postroom_client::CAUSATION_ID, "x-causation-id");
+/// ```
 pub const CAUSATION_ID: &str = "x-causation-id";
 /// Header the broker sets on a redelivered message: how many times it was returned before.
 /// Postroom sets it on every queue; RabbitMQ only on quorum queues.
+///
+/// ```
+/// assert_eq!(postroom_client::DELIVERY_COUNT, "x-delivery-count");
+/// ```
 pub const DELIVERY_COUNT: &str = "x-delivery-count";
 /// Header with RabbitMQ's dead-lettering history.
+///
+/// ```
+/// assert_eq!(postroom_client::X_DEATH, "x-death");
+/// ```
 pub const X_DEATH: &str = "x-death";
 
 /// Metadata of one message: identity, origin, causality and trace.
@@ -72,6 +84,12 @@ pub struct Envelope {
 
 impl Envelope {
     /// A fresh envelope: new id, now, the current trace context.
+    ///
+    /// ```
+    /// let envelope = postroom_client::Envelope::new();
+    /// assert_eq!(envelope.message_id.len(), 36);
+    /// assert!(envelope.timestamp.is_some());
+    /// ```
     pub fn new() -> Envelope {
         Envelope {
             message_id: uuid::Uuid::new_v4().to_string(),
@@ -84,6 +102,12 @@ impl Envelope {
     /// A fresh envelope for a message sent because of `cause`: the correlation id is carried
     /// over (or, when the cause has none, is the cause's id) and `causation_id` names the
     /// cause. The trace context is the current span's, else the cause's.
+    ///
+    /// ```
+    /// use postroom_client::Envelope;
+    /// let cause = Envelope::new();
+    /// assert_eq!(Envelope::caused_by(&cause).causation_id, Some(cause.message_id.clone()));
+    /// ```
     pub fn caused_by(cause: &Envelope) -> Envelope {
         let mut envelope = Envelope::new();
         envelope.correlation_id =
@@ -92,41 +116,70 @@ impl Envelope {
         if envelope.traceparent.is_none() {
             envelope.traceparent = cause.traceparent.clone();
         }
-        envelope.source = cause.source.clone();
+        // The source stays unset: the effect is sent by this application, not the cause's
+        // (the publisher fills in its configured source).
         envelope
     }
 
     /// Sets the message id.
+    ///
+    /// ```
+    /// assert_eq!(postroom_client::Envelope::new().with_message_id("m-1").message_id, "m-1");
+    /// ```
     pub fn with_message_id(mut self, id: impl Into<String>) -> Envelope {
         self.message_id = id.into();
         self
     }
 
     /// Sets the source (`app_id`).
+    ///
+    /// ```
+    /// assert_eq!(postroom_client::Envelope::new().with_source("api").source.as_deref(), Some("api"));
+    /// ```
     pub fn with_source(mut self, source: impl Into<String>) -> Envelope {
         self.source = Some(source.into());
         self
     }
 
     /// Sets the correlation id.
+    ///
+    /// ```
+    /// let envelope = postroom_client::Envelope::new().with_correlation_id("c-1");
+    /// assert_eq!(envelope.correlation_id.as_deref(), Some("c-1"));
+    /// ```
     pub fn with_correlation_id(mut self, id: impl Into<String>) -> Envelope {
         self.correlation_id = Some(id.into());
         self
     }
 
     /// Sets the causation id.
+    ///
+    /// ```
+    /// let envelope = postroom_client::Envelope::new().with_causation_id("m-0");
+    /// assert_eq!(envelope.causation_id.as_deref(), Some("m-0"));
+    /// ```
     pub fn with_causation_id(mut self, id: impl Into<String>) -> Envelope {
         self.causation_id = Some(id.into());
         self
     }
 
     /// Sets the trace context.
+    ///
+    /// ```
+    /// let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    /// assert_eq!(postroom_client::Envelope::new().with_traceparent(header).traceparent.as_deref(), Some(header));
+    /// ```
     pub fn with_traceparent(mut self, traceparent: impl Into<String>) -> Envelope {
         self.traceparent = Some(traceparent.into());
         self
     }
 
     /// Sets `reply_to`.
+    ///
+    /// ```
+    /// let envelope = postroom_client::Envelope::new().with_reply_to(postroom_client::DIRECT_REPLY_TO);
+    /// assert!(envelope.reply_to.is_some());
+    /// ```
     pub fn with_reply_to(mut self, reply_to: impl Into<String>) -> Envelope {
         self.reply_to = Some(reply_to.into());
         self
@@ -145,6 +198,10 @@ impl Envelope {
     }
 
     /// A header as text (long or short string, or UTF-8 bytes).
+    ///
+    /// ```
+    /// assert_eq!(postroom_client::Envelope::new().header_str("missing"), None);
+    /// ```
     pub fn header_str(&self, name: &str) -> Option<String> {
         header_str(&self.headers, name)
     }
@@ -193,6 +250,11 @@ impl Envelope {
 
     /// Writes the envelope as AMQP properties (without delivery mode, priority or expiration,
     /// which are publish options).
+    ///
+    /// ```
+    /// let properties = postroom_client::Envelope::new().with_source("api").to_properties().unwrap();
+    /// assert_eq!(properties.app_id().as_ref().map(|s| s.as_str()), Some("api"));
+    /// ```
     ///
     /// # Errors
     /// [`Error::Invalid`] when a field does not fit an AMQP short string (255 bytes).

@@ -107,4 +107,11 @@ impl Error {
 }
 
 /// The crate's result type.
+///
+/// ```
+/// fn parse(text: &str) -> postroom_client::Result<u32> {
+///     text.parse().map_err(|_| postroom_client::Error::Config(format!("{text:?} is not a number")))
+/// }
+/// assert!(parse("x").is_err());
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -82,6 +82,17 @@ pub trait Validate {
 }
 
 /// A decoded message with its envelope: the input [`CommandHandler`] gives its command.
+///
+/// ```
+/// use postroom_client::{Command, CommandResult, Received};
+/// struct Show;
+/// impl Command<Received<String>> for Show {
+///     async fn execute(&self, input: Received<String>) -> CommandResult {
+///         println!("{} (message {})", input.message, input.envelope.message_id);
+///         CommandResult::Success
+///     }
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Received<M> {
@@ -123,6 +134,19 @@ pub struct CommandHandler<M, K, C = Json> {
 
 impl<M, K> CommandHandler<M, K, Json> {
     /// A JSON handler calling `command`.
+    ///
+    /// ```
+    /// use postroom_client::{Command, CommandHandler, CommandResult, Received, Validate};
+    /// #[derive(serde::Deserialize)]
+    /// struct Job { id: u64 }
+    /// impl Validate for Job { fn validate(&self) -> Result<(), String> { Ok(()) } }
+    /// struct Run;
+    /// impl Command<Received<Job>> for Run {
+    ///     async fn execute(&self, _: Received<Job>) -> CommandResult { CommandResult::Success }
+    /// }
+    /// let handler = CommandHandler::<Job, _>::new(Run);
+    /// # drop(handler);
+    /// ```
     pub fn new(command: K) -> CommandHandler<M, K, Json> {
         CommandHandler { command, codec: Json, _message: PhantomData }
     }
@@ -130,11 +154,31 @@ impl<M, K> CommandHandler<M, K, Json> {
 
 impl<M, K, C> CommandHandler<M, K, C> {
     /// A handler decoding with `codec`.
+    ///
+    /// ```
+    /// use postroom_client::{Command, CommandHandler, CommandResult, Json, Received};
+    /// struct Run;
+    /// impl Command<Received<u64>> for Run {
+    ///     async fn execute(&self, _: Received<u64>) -> CommandResult { CommandResult::Success }
+    /// }
+    /// let handler = CommandHandler::<u64, _, _>::with_codec(Run, Json);
+    /// # drop(handler);
+    /// ```
     pub fn with_codec(command: K, codec: C) -> CommandHandler<M, K, C> {
         CommandHandler { command, codec, _message: PhantomData }
     }
 
     /// The command.
+    ///
+    /// ```
+    /// use postroom_client::{Command, CommandHandler, CommandResult, Received};
+    /// struct Run(&'static str);
+    /// impl Command<Received<u64>> for Run {
+    ///     async fn execute(&self, _: Received<u64>) -> CommandResult { CommandResult::Success }
+    /// }
+    /// let handler = CommandHandler::<u64, _>::new(Run("jobs"));
+    /// assert_eq!(handler.command().0, "jobs");
+    /// ```
     pub fn command(&self) -> &K {
         &self.command
     }
@@ -183,6 +227,12 @@ where
 }
 
 /// See [`handler_fn`].
+///
+/// ```
+/// use postroom_client::{CommandResult, FnHandler, handler_fn};
+/// let handler: FnHandler<_> = handler_fn(|_| async { CommandResult::Success });
+/// # drop(handler);
+/// ```
 #[derive(Debug, Clone)]
 pub struct FnHandler<F>(F);
 
@@ -229,6 +279,12 @@ pub trait Middleware<H: Handler> {
 }
 
 /// `.with(middleware)` on every handler.
+///
+/// ```
+/// use postroom_client::{CommandResult, HandlerExt, Tracing, handler_fn};
+/// let handler = handler_fn(|_| async { CommandResult::Success }).with(Tracing);
+/// # drop(handler);
+/// ```
 pub trait HandlerExt: Handler + Sized {
     /// Wraps this handler in `middleware`; the last one added runs first.
     fn with<M: Middleware<Self>>(self, middleware: M) -> M::Output {

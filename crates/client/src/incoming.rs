@@ -37,6 +37,11 @@ pub struct Incoming {
 
 impl Incoming {
     /// A message with `body` and a fresh envelope (for tests and in-process use).
+    ///
+    /// ```
+    /// let message = postroom_client::Incoming::new(b"hi".to_vec());
+    /// assert!(!message.envelope.message_id.is_empty());
+    /// ```
     pub fn new(body: Vec<u8>) -> Incoming {
         Incoming {
             body,
@@ -49,12 +54,23 @@ impl Incoming {
     }
 
     /// Replaces the envelope.
+    ///
+    /// ```
+    /// use postroom_client::{Envelope, Incoming};
+    /// let message = Incoming::new(vec![]).with_envelope(Envelope::new().with_message_id("m-1"));
+    /// assert_eq!(message.envelope.message_id, "m-1");
+    /// ```
     pub fn with_envelope(mut self, envelope: Envelope) -> Incoming {
         self.envelope = envelope;
         self
     }
 
     /// Sets the exchange and routing key.
+    ///
+    /// ```
+    /// let message = postroom_client::Incoming::new(vec![]).with_routing("scan", "scan.high");
+    /// assert_eq!(message.routing_key, "scan.high");
+    /// ```
     pub fn with_routing(mut self, exchange: &str, routing_key: &str) -> Incoming {
         self.exchange = exchange.to_string();
         self.routing_key = routing_key.to_string();
@@ -62,6 +78,11 @@ impl Incoming {
     }
 
     /// Sets the delivery count (and `redelivered` when it is above 0).
+    ///
+    /// ```
+    /// let message = postroom_client::Incoming::new(vec![]).with_delivery_count(2);
+    /// assert!(message.redelivered);
+    /// ```
     pub fn with_delivery_count(mut self, count: u64) -> Incoming {
         self.delivery_count = count;
         self.redelivered = count > 0;
@@ -70,6 +91,12 @@ impl Incoming {
 
     /// Decodes the body with `codec`.
     ///
+    /// ```
+    /// use postroom_client::{Incoming, Json};
+    /// let n: u32 = Incoming::new(b"7".to_vec()).decode(&Json).unwrap();
+    /// assert_eq!(n, 7);
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Codec`](crate::Error::Codec) when the body is not a valid `T`.
     pub fn decode<T: DeserializeOwned, C: Codec>(&self, codec: &C) -> Result<T> {
@@ -77,6 +104,11 @@ impl Incoming {
     }
 
     /// Decodes the body as JSON.
+    ///
+    /// ```
+    /// let flag: bool = postroom_client::Incoming::new(b"true".to_vec()).json().unwrap();
+    /// assert!(flag);
+    /// ```
     ///
     /// # Errors
     /// [`Error::Codec`](crate::Error::Codec) when the body is not a valid `T`.

@@ -25,6 +25,12 @@ use crate::result::CommandResult;
 pub struct Tracing;
 
 /// The handler [`Tracing`] makes.
+///
+/// ```
+/// use postroom_client::{CommandResult, HandlerExt, Traced, Tracing, handler_fn};
+/// let traced: Traced<_> = handler_fn(|_| async { CommandResult::Success }).with(Tracing);
+/// # drop(traced);
+/// ```
 #[derive(Debug, Clone)]
 pub struct Traced<H>(H);
 
@@ -100,6 +106,11 @@ pub struct CountingMetrics {
 }
 
 /// A copy of [`CountingMetrics`]' counters.
+///
+/// ```
+/// let snapshot = postroom_client::CountingMetrics::default().snapshot();
+/// assert_eq!(snapshot, postroom_client::MetricsSnapshot::default());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MetricsSnapshot {
     /// `Success` results.
@@ -116,6 +127,11 @@ pub struct MetricsSnapshot {
 
 impl CountingMetrics {
     /// The counters now.
+    ///
+    /// ```
+    /// let metrics = postroom_client::CountingMetrics::default();
+    /// assert_eq!(metrics.snapshot().dead_lettered, 0);
+    /// ```
     pub fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
             success: self.success.load(Ordering::Relaxed),
@@ -156,12 +172,26 @@ pub struct Metrics<R>(Arc<R>);
 
 impl<R> Metrics<R> {
     /// Reports to `recorder`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// let metrics = postroom_client::Metrics::new(Arc::new(postroom_client::CountingMetrics::default()));
+    /// # drop(metrics);
+    /// ```
     pub fn new(recorder: Arc<R>) -> Metrics<R> {
         Metrics(recorder)
     }
 }
 
 /// The handler [`Metrics`] makes.
+///
+/// ```
+/// use std::sync::Arc;
+/// use postroom_client::{CommandResult, CountingMetrics, HandlerExt, Metered, Metrics, handler_fn};
+/// let metered: Metered<_, CountingMetrics> =
+///     handler_fn(|_| async { CommandResult::Success }).with(Metrics::new(Arc::new(CountingMetrics::default())));
+/// # drop(metered);
+/// ```
 #[derive(Debug)]
 pub struct Metered<H, R> {
     inner: H,

@@ -24,6 +24,10 @@ use crate::error::{Error, Result};
 use crate::message::Message;
 
 /// Header asking a delayed exchange to hold a message (milliseconds).
+///
+/// ```
+/// assert_eq!(postroom_client::X_DELAY, "x-delay");
+/// ```
 pub const X_DELAY: &str = "x-delay";
 
 /// Publisher settings. `Default` gives confirms on, persistent messages, three attempts.
@@ -68,6 +72,11 @@ impl Default for PublisherConfig {
 impl PublisherConfig {
     /// Checks the values.
     ///
+    /// ```
+    /// use postroom_client::PublisherConfig;
+    /// assert!(PublisherConfig { publish_attempts: 0, ..PublisherConfig::default() }.validate().is_err());
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Config`] naming the bad field.
     pub fn validate(&self) -> Result<()> {
@@ -105,24 +114,44 @@ pub struct PublishOptions {
 
 impl PublishOptions {
     /// Sets the priority.
+    ///
+    /// ```
+    /// assert_eq!(postroom_client::PublishOptions::default().with_priority(3).priority, Some(3));
+    /// ```
     pub fn with_priority(mut self, priority: u8) -> PublishOptions {
         self.priority = Some(priority);
         self
     }
 
     /// Sets the per-message TTL.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let options = postroom_client::PublishOptions::default().with_expiration(Duration::from_secs(60));
+    /// assert_eq!(options.expiration, Some(Duration::from_secs(60)));
+    /// ```
     pub fn with_expiration(mut self, ttl: Duration) -> PublishOptions {
         self.expiration = Some(ttl);
         self
     }
 
     /// Sets the delay (`x-delay`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let options = postroom_client::PublishOptions::default().with_delay(Duration::from_secs(30));
+    /// assert_eq!(options.delay, Some(Duration::from_secs(30)));
+    /// ```
     pub fn with_delay(mut self, delay: Duration) -> PublishOptions {
         self.delay = Some(delay);
         self
     }
 
     /// Sets `mandatory`.
+    ///
+    /// ```
+    /// assert_eq!(postroom_client::PublishOptions::default().with_mandatory(true).mandatory, Some(true));
+    /// ```
     pub fn with_mandatory(mut self, mandatory: bool) -> PublishOptions {
         self.mandatory = Some(mandatory);
         self
@@ -170,6 +199,14 @@ impl<C: Codec> std::fmt::Debug for Publisher<C> {
 impl Publisher<Json> {
     /// A JSON publisher with its own connection to `url` (default [`Backoff`]).
     ///
+    /// ```no_run
+    /// # async fn run() -> postroom_client::Result<()> {
+    /// use postroom_client::{Publisher, PublisherConfig};
+    /// let publisher = Publisher::connect("amqp://guest:guest@127.0.0.1:5672/%2f", PublisherConfig::default()).await?;
+    /// publisher.close().await;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Config`], or [`Error::Connect`] when the broker cannot be reached.
     pub async fn connect(url: &str, config: PublisherConfig) -> Result<Publisher<Json>> {
@@ -183,6 +220,14 @@ impl Publisher<Json> {
 impl<C: Codec> Publisher<C> {
     /// A publisher on a shared connector with the given codec. Connects lazily.
     ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use postroom_client::{Backoff, Connector, Json, Publisher, PublisherConfig};
+    /// let connector = Arc::new(Connector::new("amqp://127.0.0.1:5672/%2f", Backoff::default()).unwrap());
+    /// let publisher = Publisher::new(connector, Json, PublisherConfig::default()).unwrap();
+    /// # drop(publisher);
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Config`] when the config is invalid.
     pub fn new(
@@ -195,12 +240,27 @@ impl<C: Codec> Publisher<C> {
     }
 
     /// The codec in use.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use postroom_client::{Backoff, Codec, Connector, Json, Publisher, PublisherConfig};
+    /// let connector = Arc::new(Connector::new("amqp://127.0.0.1:5672/%2f", Backoff::default()).unwrap());
+    /// let publisher = Publisher::new(connector, Json, PublisherConfig::default()).unwrap();
+    /// assert_eq!(publisher.codec().content_type(), "application/json");
+    /// ```
     pub fn codec(&self) -> &C {
         &self.codec
     }
 
     /// Publishes `message` in a fresh [`Envelope`] to its own exchange and routing key.
     /// Returns the envelope sent (its `message_id` is the one to trace).
+    ///
+    /// ```no_run
+    /// # async fn run<M: postroom_client::Message>(publisher: postroom_client::Publisher, message: M) -> postroom_client::Result<()> {
+    /// let envelope = publisher.publish(&message).await?;
+    /// println!("confirmed {}", envelope.message_id);
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// See [`publish_raw`](Self::publish_raw).
@@ -210,6 +270,13 @@ impl<C: Codec> Publisher<C> {
 
     /// Publishes `message` in the given envelope (e.g. [`Envelope::caused_by`]), filling in
     /// the type, content type and source.
+    ///
+    /// ```no_run
+    /// # async fn run<M: postroom_client::Message>(publisher: postroom_client::Publisher, reply: M, request: postroom_client::Incoming) -> postroom_client::Result<()> {
+    /// use postroom_client::{Envelope, PublishOptions};
+    /// publisher.publish_with(&reply, Envelope::caused_by(&request.envelope), &PublishOptions::default()).await?;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// See [`publish_raw`](Self::publish_raw).
@@ -230,6 +297,13 @@ impl<C: Codec> Publisher<C> {
     }
 
     /// Publishes a ready-made body. The envelope's source defaults to the config's.
+    ///
+    /// ```no_run
+    /// # async fn run(publisher: postroom_client::Publisher) -> postroom_client::Result<()> {
+    /// use postroom_client::{Envelope, PublishOptions};
+    /// publisher.publish_raw("", "jobs", b"{}", &Envelope::new(), &PublishOptions::default()).await?;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// - [`Error::Invalid`] for names or ids longer than 255 bytes;
@@ -310,6 +384,12 @@ impl<C: Codec> Publisher<C> {
     }
 
     /// Closes the channel and the connector's connection.
+    ///
+    /// ```no_run
+    /// # async fn run(publisher: postroom_client::Publisher) {
+    /// publisher.close().await;
+    /// # }
+    /// ```
     pub async fn close(&self) {
         if let Some(channel) = self.channel.lock().await.take()
             && channel.status().connected()

@@ -47,11 +47,21 @@ pub enum CommandResult {
 
 impl CommandResult {
     /// `Retry` with no delay hint.
+    ///
+    /// ```
+    /// assert_eq!(postroom_client::CommandResult::retry(), postroom_client::CommandResult::Retry { after: None });
+    /// ```
     pub fn retry() -> CommandResult {
         CommandResult::Retry { after: None }
     }
 
     /// `Retry` after about `delay`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let result = postroom_client::CommandResult::retry_after(Duration::from_secs(2));
+    /// assert!(!result.is_final());
+    /// ```
     pub fn retry_after(delay: Duration) -> CommandResult {
         CommandResult::Retry { after: Some(delay) }
     }
@@ -67,6 +77,11 @@ impl CommandResult {
     }
 
     /// `DeadLetter` with a reason.
+    ///
+    /// ```
+    /// let result = postroom_client::CommandResult::dead_letter("negative quantity");
+    /// assert_eq!(result.to_string(), "dead_letter: negative quantity");
+    /// ```
     pub fn dead_letter(reason: impl Into<String>) -> CommandResult {
         CommandResult::DeadLetter { reason: reason.into() }
     }
@@ -84,6 +99,10 @@ impl CommandResult {
     }
 
     /// A short name: `success`, `retry`, `drop` or `dead_letter` (for logs and metrics).
+    ///
+    /// ```
+    /// assert_eq!(postroom_client::CommandResult::Success.kind(), "success");
+    /// ```
     pub fn kind(&self) -> &'static str {
         match self {
             CommandResult::Success => "success",
@@ -94,6 +113,10 @@ impl CommandResult {
     }
 
     /// The reason of a `Drop` or `DeadLetter`.
+    ///
+    /// ```
+    /// assert_eq!(postroom_client::CommandResult::Success.reason(), None);
+    /// ```
     pub fn reason(&self) -> Option<&str> {
         match self {
             CommandResult::Drop { reason } | CommandResult::DeadLetter { reason } => Some(reason),
@@ -102,6 +125,12 @@ impl CommandResult {
     }
 
     /// Whether the message is finished with (anything but `Retry`).
+    ///
+    /// ```
+    /// use postroom_client::CommandResult;
+    /// assert!(CommandResult::dropped("x").is_final());
+    /// assert!(!CommandResult::retry().is_final());
+    /// ```
     pub fn is_final(&self) -> bool {
         !matches!(self, CommandResult::Retry { .. })
     }

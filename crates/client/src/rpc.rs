@@ -32,8 +32,16 @@ use crate::publisher::{PublishOptions, Publisher};
 use crate::result::CommandResult;
 
 /// The pseudo-queue of direct reply-to.
+///
+/// ```
+/// assert_eq!(postroom_client::DIRECT_REPLY_TO, "amq.rabbitmq.reply-to");
+/// ```
 pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// Header on a reply whose responder failed; its value is the error text.
+///
+/// ```
+/// assert_eq!(postroom_client::RPC_ERROR, "x-rpc-error");
+/// ```
 pub const RPC_ERROR: &str = "x-rpc-error";
 
 type Waiting = Arc<Mutex<HashMap<String, oneshot::Sender<Incoming>>>>;
@@ -89,12 +97,31 @@ impl<C: Codec> std::fmt::Debug for RpcClient<C> {
 
 impl<C: Codec> RpcClient<C> {
     /// A client on `connector`, encoding with `codec`. Connects at the first call.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use postroom_client::{Backoff, Connector, Json, RpcClient};
+    /// let connector = Arc::new(Connector::new("amqp://127.0.0.1:5672/%2f", Backoff::default()).unwrap());
+    /// let client = RpcClient::new(connector, Json);
+    /// # drop(client);
+    /// ```
     pub fn new(connector: Arc<Connector>, codec: C) -> RpcClient<C> {
         RpcClient { connector, session: tokio::sync::Mutex::new(None), codec }
     }
 
     /// Sends `request` to its exchange and routing key and waits up to `timeout` for the
     /// reply.
+    ///
+    /// ```no_run
+    /// # async fn run(client: postroom_client::RpcClient, request: impl postroom_client::Message) {
+    /// use std::time::Duration;
+    /// match client.call::<_, u64>(&request, Duration::from_secs(5)).await {
+    ///     Ok(price) => println!("{price}"),
+    ///     Err(postroom_client::Error::Timeout(_)) => println!("no responder"),
+    ///     Err(error) => println!("{error}"),
+    /// }
+    /// # }
+    /// ```
     ///
     /// # Errors
     /// - [`Error::Timeout`] when no reply came (no responder, or it is too slow);
@@ -209,6 +236,13 @@ impl<Req, F, C: Codec> std::fmt::Debug for Responder<Req, F, C> {
 
 impl<Req, F, C: Codec> Responder<Req, F, C> {
     /// A responder replying through `publisher`.
+    ///
+    /// ```no_run
+    /// # fn build(publisher: std::sync::Arc<postroom_client::Publisher>) {
+    /// let echo = postroom_client::Responder::new(publisher, |text: String| async move { Ok::<_, String>(text) });
+    /// # drop(echo);
+    /// # }
+    /// ```
     pub fn new<Fut>(publisher: Arc<Publisher<C>>, function: F) -> Responder<Req, F, C>
     where
         F: Fn(Req) -> Fut,

@@ -18,6 +18,10 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
 /// The name of the span field (and the message header) carrying a W3C `traceparent`.
+///
+/// ```
+/// assert_eq!(postroom_client::TRACEPARENT, "traceparent");
+/// ```
 pub const TRACEPARENT: &str = "traceparent";
 
 /// A W3C trace context: trace id, parent span id and the sampled flag.
@@ -92,21 +96,41 @@ impl TraceContext {
     }
 
     /// The `traceparent` header value (version `00`).
+    ///
+    /// ```
+    /// let header = postroom_client::TraceContext::new_root().to_traceparent();
+    /// assert!(header.starts_with("00-") && header.ends_with("-01"));
+    /// ```
     pub fn to_traceparent(&self) -> String {
         format!("00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, u8::from(self.sampled))
     }
 
     /// The 128-bit trace id.
+    ///
+    /// ```
+    /// let context = postroom_client::TraceContext::parse("00-0000000000000000000000000000000a-000000000000000b-01").unwrap();
+    /// assert_eq!(context.trace_id(), 10);
+    /// ```
     pub fn trace_id(&self) -> u128 {
         self.trace_id
     }
 
     /// The 64-bit id of the span this context names.
+    ///
+    /// ```
+    /// let context = postroom_client::TraceContext::parse("00-0000000000000000000000000000000a-000000000000000b-01").unwrap();
+    /// assert_eq!(context.span_id(), 11);
+    /// ```
     pub fn span_id(&self) -> u64 {
         self.span_id
     }
 
     /// Whether the trace is sampled (flag `01`).
+    ///
+    /// ```
+    /// let context = postroom_client::TraceContext::parse("00-0000000000000000000000000000000a-000000000000000b-00").unwrap();
+    /// assert!(!context.sampled());
+    /// ```
     pub fn sampled(&self) -> bool {
         self.sampled
     }

@@ -65,6 +65,11 @@ pub struct WorkerConfig {
 
 impl WorkerConfig {
     /// Defaults for `queue`: prefetch 16, concurrency 8, 30 s per message, no retry hold.
+    ///
+    /// ```
+    /// let config = postroom_client::WorkerConfig::new("jobs");
+    /// assert_eq!((config.prefetch, config.concurrency), (16, 8));
+    /// ```
     pub fn new(queue: impl Into<String>) -> WorkerConfig {
         WorkerConfig {
             queue: queue.into(),
@@ -77,6 +82,11 @@ impl WorkerConfig {
     }
 
     /// Checks the values.
+    ///
+    /// ```
+    /// use postroom_client::WorkerConfig;
+    /// assert!(WorkerConfig { concurrency: 0, ..WorkerConfig::new("jobs") }.validate().is_err());
+    /// ```
     ///
     /// # Errors
     /// [`Error::Config`] naming the bad field.
@@ -118,26 +128,50 @@ pub struct WorkerStats {
 
 impl WorkerStats {
     /// Messages acknowledged (`Success` and `Drop`).
+    ///
+    /// ```
+    /// assert_eq!(postroom_client::WorkerStats::default().acked(), 0);
+    /// ```
     pub fn acked(&self) -> u64 {
         self.acked.load(Ordering::Relaxed)
     }
     /// Messages nacked with requeue (`Retry`, panics, timeouts).
+    ///
+    /// ```
+    /// assert_eq!(postroom_client::WorkerStats::default().requeued(), 0);
+    /// ```
     pub fn requeued(&self) -> u64 {
         self.requeued.load(Ordering::Relaxed)
     }
     /// Messages rejected to the dead-letter exchange.
+    ///
+    /// ```
+    /// assert_eq!(postroom_client::WorkerStats::default().rejected(), 0);
+    /// ```
     pub fn rejected(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
     }
     /// Handler panics.
+    ///
+    /// ```
+    /// assert_eq!(postroom_client::WorkerStats::default().panicked(), 0);
+    /// ```
     pub fn panicked(&self) -> u64 {
         self.panicked.load(Ordering::Relaxed)
     }
     /// Handler timeouts.
+    ///
+    /// ```
+    /// assert_eq!(postroom_client::WorkerStats::default().timed_out(), 0);
+    /// ```
     pub fn timed_out(&self) -> u64 {
         self.timed_out.load(Ordering::Relaxed)
     }
     /// Acknowledgements that could not be sent (channel gone: the broker redelivers).
+    ///
+    /// ```
+    /// assert_eq!(postroom_client::WorkerStats::default().ack_failed(), 0);
+    /// ```
     pub fn ack_failed(&self) -> u64 {
         self.ack_failed.load(Ordering::Relaxed)
     }
@@ -175,6 +209,15 @@ impl<H> std::fmt::Debug for Worker<H> {
 impl<H: Handler> Worker<H> {
     /// A worker for `config.queue` on `connector`.
     ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use postroom_client::{Backoff, CommandResult, Connector, Worker, WorkerConfig, handler_fn};
+    /// let connector = Arc::new(Connector::new("amqp://127.0.0.1:5672/%2f", Backoff::default()).unwrap());
+    /// let handler = handler_fn(|_| async { CommandResult::Success });
+    /// let worker = Worker::new(connector, handler, WorkerConfig::new("jobs")).unwrap();
+    /// # drop(worker);
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Config`] when the config is invalid.
     pub fn new(connector: Arc<Connector>, handler: H, config: WorkerConfig) -> Result<Worker<H>> {
@@ -184,6 +227,15 @@ impl<H: Handler> Worker<H> {
     }
 
     /// The worker's counters (shared; they keep counting while `run` runs).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use postroom_client::{Backoff, CommandResult, Connector, Worker, WorkerConfig, handler_fn};
+    /// let connector = Arc::new(Connector::new("amqp://127.0.0.1:5672/%2f", Backoff::default()).unwrap());
+    /// let worker = Worker::new(connector, handler_fn(|_| async { CommandResult::Success }), WorkerConfig::new("jobs")).unwrap();
+    /// let stats = worker.stats();
+    /// assert_eq!(stats.acked(), 0);
+    /// ```
     pub fn stats(&self) -> Arc<WorkerStats> {
         Arc::clone(&self.stats)
     }
@@ -193,6 +245,16 @@ impl<H: Handler> Worker<H> {
     /// close it with [`Connector::close`]). A lost connection is re-established (with the
     /// connector's backoff) and consuming resumes; messages in flight then are redelivered by
     /// the broker (at-least-once).
+    ///
+    /// ```no_run
+    /// # async fn run(worker: postroom_client::Worker<postroom_client::FnHandler<fn(postroom_client::Incoming) -> std::future::Ready<postroom_client::CommandResult>>>) -> postroom_client::Result<()> {
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// let running = tokio::spawn(worker.run(async move { let _ = stopped.await; }));
+    /// // … later: stop consuming, finish in-flight messages, close.
+    /// let _ = stop.send(());
+    /// running.await.expect("worker task")?;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`Error::Connect`] when the broker stays unreachable; [`Error::Amqp`] when it refuses

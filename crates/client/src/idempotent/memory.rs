@@ -46,16 +46,28 @@ pub struct MemoryProcessedStore {
 
 impl MemoryProcessedStore {
     /// An empty store.
+    ///
+    /// ```
+    /// assert!(postroom_client::MemoryProcessedStore::new().is_empty());
+    /// ```
     pub fn new() -> MemoryProcessedStore {
         MemoryProcessedStore::default()
     }
 
     /// Entries held (claimed or processed, expired ones not yet swept included).
+    ///
+    /// ```
+    /// assert_eq!(postroom_client::MemoryProcessedStore::new().len(), 0);
+    /// ```
     pub fn len(&self) -> usize {
         self.lock().entries.len()
     }
 
     /// Whether the store holds nothing.
+    ///
+    /// ```
+    /// assert!(postroom_client::MemoryProcessedStore::default().is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

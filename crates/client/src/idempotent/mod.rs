@@ -24,6 +24,17 @@ use crate::result::CommandResult;
 
 /// Proof of a claim, needed to release it (so that a late worker cannot release a claim
 /// that has passed to another).
+///
+/// ```
+/// use std::time::Duration;
+/// use postroom_client::{Claim, MemoryProcessedStore, ProcessedStore};
+/// # futures_lite::future::block_on(async {
+/// let store = MemoryProcessedStore::new();
+/// if let Claim::Acquired(token) = store.claim("m-1", Duration::from_secs(5)).await.unwrap() {
+///     store.release("m-1", &token).await.unwrap();
+/// }
+/// # });
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimToken(pub(crate) String);
 
@@ -34,6 +45,16 @@ impl ClaimToken {
 }
 
 /// The answer to a claim.
+///
+/// ```
+/// use std::time::Duration;
+/// use postroom_client::{Claim, MemoryProcessedStore, ProcessedStore};
+/// # futures_lite::future::block_on(async {
+/// let store = MemoryProcessedStore::new();
+/// assert!(matches!(store.claim("m-1", Duration::from_secs(5)).await.unwrap(), Claim::Acquired(_)));
+/// assert_eq!(store.claim("m-1", Duration::from_secs(5)).await.unwrap(), Claim::InProgress);
+/// # });
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// This caller may process the message.
@@ -107,6 +128,12 @@ pub struct IdempotentReceiver<S> {
 
 impl<S> IdempotentReceiver<S> {
     /// Remembers processed ids for 24 h; claims last 60 s.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// let receiver = postroom_client::IdempotentReceiver::new(Arc::new(postroom_client::MemoryProcessedStore::new()));
+    /// # drop(receiver);
+    /// ```
     pub fn new(store: std::sync::Arc<S>) -> IdempotentReceiver<S> {
         IdempotentReceiver {
             store,
@@ -116,12 +143,26 @@ impl<S> IdempotentReceiver<S> {
     }
 
     /// How long a processed id is remembered (longer than the broker may redeliver).
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// let receiver = postroom_client::IdempotentReceiver::new(Arc::new(postroom_client::MemoryProcessedStore::new()))
+    ///     .remember_for(Duration::from_secs(7 * 24 * 3600));
+    /// # drop(receiver);
+    /// ```
     pub fn remember_for(mut self, ttl: Duration) -> IdempotentReceiver<S> {
         self.ttl = ttl;
         self
     }
 
     /// How long a claim holds if its worker dies (longer than the handler timeout).
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// let receiver = postroom_client::IdempotentReceiver::new(Arc::new(postroom_client::MemoryProcessedStore::new()))
+    ///     .lease(Duration::from_secs(120));
+    /// # drop(receiver);
+    /// ```
     pub fn lease(mut self, lease: Duration) -> IdempotentReceiver<S> {
         self.lease = lease;
         self
@@ -129,6 +170,14 @@ impl<S> IdempotentReceiver<S> {
 }
 
 /// The handler [`IdempotentReceiver`] makes.
+///
+/// ```
+/// use std::sync::Arc;
+/// use postroom_client::{CommandResult, HandlerExt, Idempotent, IdempotentReceiver, MemoryProcessedStore, handler_fn};
+/// let handler: Idempotent<_, MemoryProcessedStore> = handler_fn(|_| async { CommandResult::Success })
+///     .with(IdempotentReceiver::new(Arc::new(MemoryProcessedStore::new())));
+/// # drop(handler);
+/// ```
 #[derive(Debug)]
 pub struct Idempotent<H, S> {
     inner: H,

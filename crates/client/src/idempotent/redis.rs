@@ -52,6 +52,13 @@ impl RedisProcessedStore {
     /// Connects to `url` (`redis://host:port/db`); keys start with `prefix`. Commands time
     /// out after 2 s; a lost connection is re-established by the next command.
     ///
+    /// ```no_run
+    /// # async fn run() -> postroom_client::Result<()> {
+    /// let store = postroom_client::RedisProcessedStore::connect("redis://127.0.0.1:6379/0", "payments:").await?;
+    /// # drop(store);
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Store`](crate::Error::Store) when the URL is invalid or Redis is unreachable.
     pub async fn connect(url: &str, prefix: impl Into<String>) -> Result<RedisProcessedStore> {
