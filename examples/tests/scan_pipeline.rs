@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postroom_client::lapin::options::BasicGetOptions;
-use postroom_client::lapin::types::AMQPValue;
+use postroom_client::lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use postroom_client::lapin::types::{AMQPValue, FieldTable};
 use postroom_client::{
     Backoff, Connector, Json, MemoryProcessedStore, Publisher, PublisherConfig, QueueSpec, bind,
 };
@@ -65,6 +65,28 @@ async fn scans_are_routed_shared_retried_and_dead_lettered() {
             workers.push(tokio::spawn(worker.run(async move {
                 let _ = stopped.changed().await;
             })));
+        }
+    }
+
+    // Competing consumers only compete once all of them are consuming.
+    let deadline = Instant::now() + WAIT;
+    for priority in Priority::ALL {
+        let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        loop {
+            let queue = channel
+                .queue_declare(priority.queue().into(), passive, FieldTable::default())
+                .await
+                .unwrap();
+            if queue.consumer_count() == 2 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} has {} consumers",
+                priority.queue(),
+                queue.consumer_count()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -111,6 +111,11 @@ pub trait ProcessedStore: Send + Sync + 'static {
 /// Messages are keyed by their `message_id`; messages without one are handled every time
 /// (nothing to recognise them by).
 ///
+/// A duplicate that arrives while another worker holds the claim answers
+/// `Retry { after: lease }`: on Postroom the queue's retry policy spaces its redeliveries;
+/// on a broker without one, set [`WorkerConfig::max_retry_hold`](crate::WorkerConfig::max_retry_hold)
+/// so that the duplicate waits in the worker instead of coming straight back.
+///
 /// ```
 /// use std::sync::Arc;
 /// use postroom_client::{CommandResult, HandlerExt, IdempotentReceiver, MemoryProcessedStore, handler_fn};
