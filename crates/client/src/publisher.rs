@@ -1,0 +1,455 @@
+//! The publisher: typed messages in an envelope, confirmed by the broker, resent after a
+//! reconnect.
+//!
+//! One channel in confirm mode is shared by every caller (lapin channels are safe to use
+//! concurrently; each publish awaits its own confirm). The channel sits behind a
+//! `tokio::sync::Mutex` only while it is looked up or replaced, never during a publish.
+//!
+//! Delivery is at-least-once: when the connection drops between the publish and its confirm,
+//! the message is sent again on the new connection with the same `message_id`, so a queue with
+//! `x-message-deduplication` (or an idempotent receiver) drops the copy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::AMQPValue;
+use lapin::{BasicProperties, Channel, Confirmation};
+use tokio::sync::Mutex;
+
+use crate::codec::{Codec, Json};
+use crate::connector::{Backoff, Connector};
+use crate::envelope::{Envelope, short};
+use crate::error::{Error, Result};
+use crate::message::Message;
+
+/// Header asking a delayed exchange to hold a message (milliseconds).
+///
+/// ```
+/// assert_eq!(postroom_client::X_DELAY, "x-delay");
+/// ```
+pub const X_DELAY: &str = "x-delay";
+
+/// Publisher settings. `Default` gives confirms on, persistent messages, three attempts.
+///
+/// ```
+/// use postroom_client::PublisherConfig;
+/// let config = PublisherConfig { source: Some("scan-api".into()), ..PublisherConfig::default() };
+/// config.validate().unwrap();
+/// assert!(config.confirms);
+/// ```
+#[derive(Debug, Clone)]
+pub struct PublisherConfig {
+    /// Written to `app_id` when the envelope names no source.
+    pub source: Option<String>,
+    /// Wait for the broker's confirm of every message (on by default: acknowledged means
+    /// stored).
+    pub confirms: bool,
+    /// Send messages as persistent (`delivery_mode` 2) unless the options say otherwise.
+    pub persistent: bool,
+    /// Ask the broker to return messages no queue takes (`mandatory`); a returned message is
+    /// an [`Error::Unroutable`]. Off by default, as in every AMQP client.
+    pub mandatory: bool,
+    /// Attempts per message when the connection fails under it (≥ 1).
+    pub publish_attempts: u32,
+    /// Longest wait for one confirm.
+    pub confirm_timeout: Duration,
+}
+
+impl Default for PublisherConfig {
+    fn default() -> PublisherConfig {
+        PublisherConfig {
+            source: None,
+            confirms: true,
+            persistent: true,
+            mandatory: false,
+            publish_attempts: 3,
+            confirm_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl PublisherConfig {
+    /// Checks the values.
+    ///
+    /// ```
+    /// use postroom_client::PublisherConfig;
+    /// assert!(PublisherConfig { publish_attempts: 0, ..PublisherConfig::default() }.validate().is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the bad field.
+    pub fn validate(&self) -> Result<()> {
+        if self.publish_attempts == 0 {
+            return Err(Error::Config("publish_attempts must be ≥ 1".into()));
+        }
+        if self.confirm_timeout.is_zero() {
+            return Err(Error::Config("confirm_timeout must be > 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Per-message options beyond the envelope.
+///
+/// ```
+/// use std::time::Duration;
+/// use postroom_client::PublishOptions;
+/// let options = PublishOptions::default().with_priority(9).with_delay(Duration::from_secs(5));
+/// assert_eq!(options.priority, Some(9));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PublishOptions {
+    /// `priority` property (queues with `x-max-priority`).
+    pub priority: Option<u8>,
+    /// Per-message TTL (`expiration` property).
+    pub expiration: Option<Duration>,
+    /// Hold the message this long on a delayed exchange (`x-delay` header).
+    pub delay: Option<Duration>,
+    /// Overrides [`PublisherConfig::persistent`].
+    pub persistent: Option<bool>,
+    /// Overrides [`PublisherConfig::mandatory`].
+    pub mandatory: Option<bool>,
+}
+
+impl PublishOptions {
+    /// Sets the priority.
+    ///
+    /// ```
+    /// assert_eq!(postroom_client::PublishOptions::default().with_priority(3).priority, Some(3));
+    /// ```
+    pub fn with_priority(mut self, priority: u8) -> PublishOptions {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Sets the per-message TTL.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let options = postroom_client::PublishOptions::default().with_expiration(Duration::from_secs(60));
+    /// assert_eq!(options.expiration, Some(Duration::from_secs(60)));
+    /// ```
+    pub fn with_expiration(mut self, ttl: Duration) -> PublishOptions {
+        self.expiration = Some(ttl);
+        self
+    }
+
+    /// Sets the delay (`x-delay`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let options = postroom_client::PublishOptions::default().with_delay(Duration::from_secs(30));
+    /// assert_eq!(options.delay, Some(Duration::from_secs(30)));
+    /// ```
+    pub fn with_delay(mut self, delay: Duration) -> PublishOptions {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// Sets `mandatory`.
+    ///
+    /// ```
+    /// assert_eq!(postroom_client::PublishOptions::default().with_mandatory(true).mandatory, Some(true));
+    /// ```
+    pub fn with_mandatory(mut self, mandatory: bool) -> PublishOptions {
+        self.mandatory = Some(mandatory);
+        self
+    }
+}
+
+/// Publishes typed messages with an envelope and (by default) publisher confirms.
+///
+/// Safe to share between tasks (`Arc<Publisher>`); publishes run concurrently.
+///
+/// ```no_run
+/// # async fn run() -> postroom_client::Result<()> {
+/// use std::borrow::Cow;
+/// use postroom_client::{Message, Publisher, PublisherConfig};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct TokenRevoked { jti: String }
+/// impl Message for TokenRevoked {
+///     const EXCHANGE: &'static str = "auth";
+///     const MESSAGE_TYPE: &'static str = "auth.token_revoked";
+///     fn routing_key(&self) -> Cow<'_, str> { "auth.token_revoked".into() }
+/// }
+///
+/// let publisher =
+///     Publisher::connect("amqp://guest:guest@127.0.0.1:5672/%2f", PublisherConfig::default())
+///         .await?;
+/// let envelope = publisher.publish(&TokenRevoked { jti: "abc".into() }).await?;
+/// println!("confirmed {}", envelope.message_id);
+/// publisher.close().await;
+/// # Ok(()) }
+/// ```
+pub struct Publisher<C: Codec = Json> {
+    connector: Arc<Connector>,
+    channel: Mutex<Option<Channel>>,
+    codec: C,
+    config: PublisherConfig,
+}
+
+impl<C: Codec> std::fmt::Debug for Publisher<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Publisher<Json> {
+    /// A JSON publisher with its own connection to `url` (default [`Backoff`]).
+    ///
+    /// ```no_run
+    /// # async fn run() -> postroom_client::Result<()> {
+    /// use postroom_client::{Publisher, PublisherConfig};
+    /// let publisher = Publisher::connect("amqp://guest:guest@127.0.0.1:5672/%2f", PublisherConfig::default()).await?;
+    /// publisher.close().await;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Config`], or [`Error::Connect`] when the broker cannot be reached.
+    pub async fn connect(url: &str, config: PublisherConfig) -> Result<Publisher<Json>> {
+        let connector = Arc::new(Connector::new(url, Backoff::default())?);
+        let publisher = Publisher::new(connector, Json, config)?;
+        publisher.channel().await?;
+        Ok(publisher)
+    }
+}
+
+impl<C: Codec> Publisher<C> {
+    /// A publisher on a shared connector with the given codec. Connects lazily.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use postroom_client::{Backoff, Connector, Json, Publisher, PublisherConfig};
+    /// let connector = Arc::new(Connector::new("amqp://127.0.0.1:5672/%2f", Backoff::default()).unwrap());
+    /// let publisher = Publisher::new(connector, Json, PublisherConfig::default()).unwrap();
+    /// # drop(publisher);
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the config is invalid.
+    pub fn new(
+        connector: Arc<Connector>,
+        codec: C,
+        config: PublisherConfig,
+    ) -> Result<Publisher<C>> {
+        config.validate()?;
+        Ok(Publisher { connector, channel: Mutex::new(None), codec, config })
+    }
+
+    /// The codec in use.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use postroom_client::{Backoff, Codec, Connector, Json, Publisher, PublisherConfig};
+    /// let connector = Arc::new(Connector::new("amqp://127.0.0.1:5672/%2f", Backoff::default()).unwrap());
+    /// let publisher = Publisher::new(connector, Json, PublisherConfig::default()).unwrap();
+    /// assert_eq!(publisher.codec().content_type(), "application/json");
+    /// ```
+    pub fn codec(&self) -> &C {
+        &self.codec
+    }
+
+    /// Publishes `message` in a fresh [`Envelope`] to its own exchange and routing key.
+    /// Returns the envelope sent (its `message_id` is the one to trace).
+    ///
+    /// ```no_run
+    /// # async fn run<M: postroom_client::Message>(publisher: postroom_client::Publisher, message: M) -> postroom_client::Result<()> {
+    /// let envelope = publisher.publish(&message).await?;
+    /// println!("confirmed {}", envelope.message_id);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// See [`publish_raw`](Self::publish_raw).
+    pub async fn publish<M: Message>(&self, message: &M) -> Result<Envelope> {
+        self.publish_with(message, Envelope::new(), &PublishOptions::default()).await
+    }
+
+    /// Publishes `message` in the given envelope (e.g. [`Envelope::caused_by`]), filling in
+    /// the type, content type and source.
+    ///
+    /// ```no_run
+    /// # async fn run<M: postroom_client::Message>(publisher: postroom_client::Publisher, reply: M, request: postroom_client::Incoming) -> postroom_client::Result<()> {
+    /// use postroom_client::{Envelope, PublishOptions};
+    /// publisher.publish_with(&reply, Envelope::caused_by(&request.envelope), &PublishOptions::default()).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// See [`publish_raw`](Self::publish_raw).
+    pub async fn publish_with<M: Message>(
+        &self,
+        message: &M,
+        mut envelope: Envelope,
+        options: &PublishOptions,
+    ) -> Result<Envelope> {
+        let body = self.codec.encode(message)?;
+        envelope.message_type.get_or_insert_with(|| M::MESSAGE_TYPE.to_string());
+        envelope.content_type.get_or_insert_with(|| self.codec.content_type().to_string());
+        if envelope.source.is_none() {
+            envelope.source.clone_from(&self.config.source);
+        }
+        self.publish_raw(M::EXCHANGE, &message.routing_key(), &body, &envelope, options).await?;
+        Ok(envelope)
+    }
+
+    /// Publishes a ready-made body. The envelope's source defaults to the config's.
+    ///
+    /// ```no_run
+    /// # async fn run(publisher: postroom_client::Publisher) -> postroom_client::Result<()> {
+    /// use postroom_client::{Envelope, PublishOptions};
+    /// publisher.publish_raw("", "jobs", b"{}", &Envelope::new(), &PublishOptions::default()).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// - [`Error::Invalid`] for names or ids longer than 255 bytes;
+    /// - [`Error::Nacked`] when the broker refused the message;
+    /// - [`Error::Unroutable`] when a `mandatory` message reached no queue;
+    /// - [`Error::Timeout`] when no confirm came in time;
+    /// - [`Error::Amqp`] when the broker closed the channel (e.g. `404` for a missing
+    ///   exchange), or [`Error::Connect`] when every attempt lost the connection.
+    pub async fn publish_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        envelope: &Envelope,
+        options: &PublishOptions,
+    ) -> Result<()> {
+        let exchange = short("exchange", exchange)?;
+        let routing_key = short("routing_key", routing_key)?;
+        let properties = self.properties(envelope, options)?;
+        let publish_options = BasicPublishOptions {
+            mandatory: options.mandatory.unwrap_or(self.config.mandatory),
+            ..BasicPublishOptions::default()
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let channel = self.channel().await?;
+            let sent = channel
+                .basic_publish(
+                    exchange.clone(),
+                    routing_key.clone(),
+                    publish_options,
+                    body,
+                    properties.clone(),
+                )
+                .await;
+            let confirm = match sent {
+                Ok(confirm) => confirm,
+                Err(source) => {
+                    self.forget(&channel).await;
+                    if attempt < self.config.publish_attempts && self.connection_lost().await {
+                        tokio::time::sleep(self.connector.backoff().delay(attempt)).await;
+                        continue;
+                    }
+                    return Err(Error::Amqp { operation: "basic.publish", source });
+                }
+            };
+            if !self.config.confirms {
+                return Ok(());
+            }
+            let confirmation =
+                match tokio::time::timeout(self.config.confirm_timeout, confirm).await {
+                    Err(_) => return Err(Error::Timeout(self.config.confirm_timeout)),
+                    Ok(Ok(confirmation)) => confirmation,
+                    Ok(Err(source)) => {
+                        self.forget(&channel).await;
+                        if attempt < self.config.publish_attempts && self.connection_lost().await {
+                            tokio::time::sleep(self.connector.backoff().delay(attempt)).await;
+                            continue;
+                        }
+                        return Err(Error::Amqp { operation: "confirm", source });
+                    }
+                };
+            return match confirmation {
+                Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+                Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                    Err(Error::Unroutable {
+                        message_id: envelope.message_id.clone(),
+                        reply_code: returned.reply_code,
+                        reply_text: returned.reply_text.to_string(),
+                    })
+                }
+                Confirmation::Nack(None) => {
+                    Err(Error::Nacked { message_id: envelope.message_id.clone() })
+                }
+            };
+        }
+    }
+
+    /// Closes the channel and the connector's connection.
+    ///
+    /// ```no_run
+    /// # async fn run(publisher: postroom_client::Publisher) {
+    /// publisher.close().await;
+    /// # }
+    /// ```
+    pub async fn close(&self) {
+        if let Some(channel) = self.channel.lock().await.take()
+            && channel.status().connected()
+        {
+            // A channel the broker already closed has nothing to release.
+            let _ = channel.close(200, "bye".into()).await;
+        }
+        self.connector.close().await;
+    }
+
+    fn properties(&self, envelope: &Envelope, options: &PublishOptions) -> Result<BasicProperties> {
+        let mut envelope = envelope.clone();
+        if envelope.source.is_none() {
+            envelope.source.clone_from(&self.config.source);
+        }
+        if let Some(delay) = options.delay {
+            let millis = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+            envelope.headers.insert(X_DELAY.into(), AMQPValue::LongLongInt(millis));
+        }
+        let mut properties = envelope.to_properties()?;
+        let persistent = options.persistent.unwrap_or(self.config.persistent);
+        properties = properties.with_delivery_mode(if persistent { 2 } else { 1 });
+        if let Some(priority) = options.priority {
+            properties = properties.with_priority(priority);
+        }
+        if let Some(ttl) = options.expiration {
+            properties = properties.with_expiration(ttl.as_millis().to_string().into());
+        }
+        Ok(properties)
+    }
+
+    /// The shared channel, opened (and put in confirm mode) when missing or closed.
+    async fn channel(&self) -> Result<Channel> {
+        let mut slot = self.channel.lock().await;
+        if let Some(channel) = slot.as_ref()
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        let channel = self.connector.channel().await?;
+        if self.config.confirms {
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(Error::amqp("confirm.select"))?;
+        }
+        *slot = Some(channel.clone());
+        Ok(channel)
+    }
+
+    async fn forget(&self, failed: &Channel) {
+        let mut slot = self.channel.lock().await;
+        if slot.as_ref().is_some_and(|channel| channel.id() == failed.id()) {
+            *slot = None;
+        }
+    }
+
+    /// Whether a failed publish lost the connection (worth another attempt on a new one)
+    /// rather than being refused on a live connection (a channel error, not worth retrying).
+    async fn connection_lost(&self) -> bool {
+        !self.connector.is_connected().await
+    }
+}

@@ -1,0 +1,194 @@
+//! The worker framework against a real Postroom broker: acknowledgements, panics,
+//! concurrency, graceful shutdown, the broker's retry policy, reconnects, idempotency and
+//! request-reply.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::worker_scenarios::{self as scenarios, publisher, send};
+use common::{RunningWorker, eventually, get, raw_channel, ready_count};
+use postroom_client::{
+    CommandResult, Envelope, ExchangeSpec, Incoming, QueueSpec, WorkerConfig, bind, handler_fn,
+};
+use postroom_testkit::TestBroker;
+
+#[tokio::test]
+async fn each_result_is_acknowledged_as_the_table_says() {
+    let broker = TestBroker::start().await;
+    scenarios::each_result_is_acknowledged_as_the_table_says(&broker.url()).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_panic_is_requeued_and_the_redelivery_succeeds() {
+    let broker = TestBroker::start().await;
+    scenarios::a_panic_is_requeued_and_the_redelivery_succeeds(&broker.url()).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn the_concurrency_limit_holds() {
+    let broker = TestBroker::start().await;
+    scenarios::the_concurrency_limit_holds(&broker.url()).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_messages_and_leaves_the_rest() {
+    let broker = TestBroker::start().await;
+    scenarios::shutdown_finishes_in_flight_messages_and_leaves_the_rest(&broker.url()).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_duplicate_message_id_is_processed_once() {
+    let broker = TestBroker::start().await;
+    scenarios::a_duplicate_message_id_is_processed_once(&broker.url()).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn request_reply_returns_answers_and_errors() {
+    let broker = TestBroker::start().await;
+    scenarios::request_reply_returns_answers_and_errors(&broker.url()).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn retries_back_off_on_the_queue_then_dead_letter_at_the_delivery_limit() {
+    let broker = TestBroker::start().await;
+    let url = broker.url();
+    let (_connection, channel) = raw_channel(&url).await;
+    ExchangeSpec::direct("dlx").declare(&channel).await.unwrap();
+    QueueSpec::new("flaky.dead").declare(&channel).await.unwrap();
+    bind(&channel, "flaky.dead", "dlx", "flaky.dead").await.unwrap();
+    QueueSpec::new("flaky")
+        .retry(Duration::from_millis(40), 2.0, Duration::from_millis(200))
+        .retry_jitter(0.0)
+        .delivery_limit(2)
+        .dead_letter("dlx", Some("flaky.dead"))
+        .declare(&channel)
+        .await
+        .unwrap();
+    let counts = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&counts);
+    let handler = handler_fn(move |message: Incoming| {
+        let seen = Arc::clone(&seen);
+        async move {
+            seen.lock().unwrap().push((message.delivery_count, std::time::Instant::now()));
+            CommandResult::retry()
+        }
+    });
+    let worker = RunningWorker::start(&url, handler, WorkerConfig::new("flaky"));
+    let publisher = publisher(&url).await;
+    send(&publisher, "flaky", b"always fails", Envelope::new()).await;
+    let dead = get(&channel, "flaky.dead").await;
+    assert_eq!(dead.delivery.data, b"always fails");
+    let counts = counts.lock().unwrap().clone();
+    let delivery_counts: Vec<u64> = counts.iter().map(|(count, _)| *count).collect();
+    assert_eq!(delivery_counts, [0, 1, 2]);
+    // The broker waited 40 ms, then 80 ms, before redelivering.
+    assert!(counts[1].1 - counts[0].1 >= Duration::from_millis(40));
+    assert!(counts[2].1 - counts[1].1 >= Duration::from_millis(80));
+    assert_eq!(worker.stats.requeued(), 3);
+    worker.stop().await.unwrap();
+    publisher.close().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_handler_past_its_timeout_is_requeued_and_retried() {
+    let broker = TestBroker::start().await;
+    let url = broker.url();
+    QueueSpec::new("slow").declare(&raw_channel(&url).await.1).await.unwrap();
+    let handler = handler_fn(|message: Incoming| async move {
+        if !message.redelivered {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        CommandResult::Success
+    });
+    let config =
+        WorkerConfig { handler_timeout: Duration::from_millis(100), ..WorkerConfig::new("slow") };
+    let worker = RunningWorker::start(&url, handler, config);
+    let publisher = publisher(&url).await;
+    send(&publisher, "slow", b"x", Envelope::new()).await;
+    let stats = Arc::clone(&worker.stats);
+    eventually("acked on redelivery", || stats.acked() == 1).await;
+    assert_eq!((stats.timed_out(), stats.requeued()), (1, 1));
+    worker.stop().await.unwrap();
+    publisher.close().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_retry_hold_delays_the_nack_by_the_commands_hint() {
+    let broker = TestBroker::start().await;
+    let url = broker.url();
+    QueueSpec::new("held").declare(&raw_channel(&url).await.1).await.unwrap();
+    let times = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&times);
+    let handler = handler_fn(move |message: Incoming| {
+        let seen = Arc::clone(&seen);
+        async move {
+            seen.lock().unwrap().push(std::time::Instant::now());
+            if message.redelivered {
+                CommandResult::Success
+            } else {
+                CommandResult::retry_after(Duration::from_millis(250))
+            }
+        }
+    });
+    let config =
+        WorkerConfig { max_retry_hold: Duration::from_secs(1), ..WorkerConfig::new("held") };
+    let worker = RunningWorker::start(&url, handler, config);
+    let publisher = publisher(&url).await;
+    send(&publisher, "held", b"x", Envelope::new()).await;
+    let stats = Arc::clone(&worker.stats);
+    eventually("acked", || stats.acked() == 1).await;
+    let times = times.lock().unwrap().clone();
+    assert!(times[1] - times[0] >= Duration::from_millis(250));
+    worker.stop().await.unwrap();
+    publisher.close().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn the_worker_resumes_consuming_after_the_broker_restarts() {
+    let port = common::external::free_port();
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let broker = TestBroker::start_with(|config| config.amqp_listen = listen).await;
+    let url = broker.url();
+    QueueSpec::new("resilient").declare(&raw_channel(&url).await.1).await.unwrap();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&handled);
+    let handler = handler_fn(move |_| {
+        let counter = Arc::clone(&counter);
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            CommandResult::Success
+        }
+    });
+    let worker = RunningWorker::start(&url, handler, WorkerConfig::new("resilient"));
+    {
+        let publisher = publisher(&url).await;
+        send(&publisher, "resilient", b"before", Envelope::new()).await;
+        eventually("first handled", || handled.load(Ordering::SeqCst) == 1).await;
+        publisher.close().await;
+    }
+    broker.stop().await;
+
+    let broker = TestBroker::start_with(|config| config.amqp_listen = listen).await;
+    let (_connection, channel) = raw_channel(&url).await;
+    QueueSpec::new("resilient").declare(&channel).await.unwrap();
+    let publisher = publisher(&url).await;
+    send(&publisher, "resilient", b"after", Envelope::new()).await;
+    eventually("second handled", || handled.load(Ordering::SeqCst) == 2).await;
+    assert_eq!(ready_count(&channel, "resilient").await, 0);
+    worker.stop().await.unwrap();
+    publisher.close().await;
+    broker.stop().await;
+}
