@@ -157,6 +157,11 @@ def test_the_window_of_a_durable_queue_and_exchange_survives(fresh_broker, how):
     publish(channel, "jobs", b"transient", message_id="job-2")
     publish(channel, "", b"event", exchange="events", message_id="event-1", delivery_mode=2)
     assert get_body(channel, "jobs") == b"job"  # consumed: only its key is left
+    # Acks are written with the next group commit, unawaited (a crash before it brings the
+    # message back: at least once). A confirmed publish appended after the ack is durable
+    # only once the ack is, so its confirm says the ack is on disk before the kill.
+    channel.queue_declare("barrier", durable=True)
+    publish(channel, "barrier", b"after the ack", delivery_mode=2)
     if how == "restart":
         fresh_broker.restart()
     else:

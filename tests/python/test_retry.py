@@ -136,8 +136,11 @@ def test_a_scheduled_retry_survives_kill_9_and_keeps_its_backoff(fresh_broker):
     method, _, _ = wait_get(channel, "jobs")
     channel.basic_nack(method.delivery_tag, requeue=True)
     nacked_at = time.monotonic()
-    # The retry's schedule is written with the next group commit; nobody waits for it.
-    conn.sleep(0.2)
+    # The retry's schedule is written with the next group commit; nobody waits for it. A
+    # confirmed publish after the nack is durable only once the schedule is: its confirm
+    # says the schedule is on disk before the kill.
+    channel.queue_declare("barrier", durable=True)
+    publish(channel, "barrier", b"after the nack", delivery_mode=2)
     crash_restart(fresh_broker)
     conn = connect(fresh_broker.amqp_url)
     channel = conn.channel()
