@@ -190,6 +190,17 @@ pub(crate) async fn serve(
     };
     let mut id = None;
     let end = run(&shared, &out, &mut reader, peer, &frame_max, &mut id, shutdown).await;
+    if let End::ClosedByClient = end {
+        // The client closes the socket once it has read close-ok, as with RabbitMQ; closing
+        // ours first can reach it before it processed close-ok (lapin then reports the
+        // connection aborted). Its unacked messages are requeued meanwhile.
+        if let Some(id) = id.take() {
+            shared.lock().close_connection(id);
+        }
+        let _ =
+            tokio::time::timeout(CLOSE_OK_TIMEOUT, async { while reader.frame().await.is_ok() {} })
+                .await;
+    }
     if let End::Close(close, class_id, method_id) = end {
         tracing::info!(%peer, code = close.code, text = %close.text, "closing connection");
         out.method(
