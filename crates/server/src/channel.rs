@@ -654,12 +654,8 @@ impl Channel {
 }
 
 /// Bodies up to this size are copied out of the connection's read buffer.
-const COMPACT_MAX: usize = 64 * 1024;
+const COMPACT_MAX: usize = 16 * 1024;
 
-/// Gives a small message one allocation of its own. Decoded from a frame, its strings,
-/// properties and body are slices of the connection's read buffer, and a message that
-/// waits in a queue would keep that whole buffer alive: a few long-lived messages could pin
-/// megabytes. Large bodies were assembled into their own buffer already.
 /// Milliseconds since the Unix epoch.
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -667,6 +663,12 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Gives a small message one allocation of its own. Decoded from a frame, its strings,
+/// properties and body are slices of the connection's read buffer (64 KiB and up), and a
+/// message that waits in a queue would keep that whole buffer alive: a few long-lived small
+/// messages could pin megabytes. A body past [`COMPACT_MAX`] is most of the buffer it pins
+/// (or was assembled into its own from several frames), so it is left where it is: copying
+/// it would cost more than the little memory it saves.
 fn compact(message: Message) -> Message {
     if message.body.len() > COMPACT_MAX {
         return message;
