@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use postroom_amqp::constants::{CLASS_BASIC, reply};
@@ -42,6 +43,41 @@ struct Pending {
     header: Option<ContentHeader>,
     body: BytesMut,
     first_body: Option<Bytes>,
+    /// The body bytes received so far, counted in the connection's [`UnfinishedContent`].
+    charged: Charge,
+}
+
+/// Body bytes of messages a connection has started but not finished, on all its channels:
+/// bounded (see [`crate::connection::Context::unfinished_limit`]), so that a client cannot
+/// make the broker hold up to `max_message_size` on each of thousands of channels.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct UnfinishedContent(Arc<AtomicUsize>);
+
+impl UnfinishedContent {
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What one unfinished message holds of its connection's [`UnfinishedContent`]; given
+/// back when the message is finished or abandoned, however that happens.
+struct Charge {
+    gauge: UnfinishedContent,
+    bytes: usize,
+}
+
+impl Charge {
+    fn add(&mut self, bytes: usize) {
+        self.bytes += bytes;
+        self.gauge.0.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.gauge.0.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 /// A reply that waits for the store.
@@ -212,6 +248,19 @@ impl Channel {
                 60,
                 40,
             ));
+        }
+        if total < expected {
+            // Held until the message is complete: bounded per connection.
+            pending.charged.add(payload.len());
+            let held = pending.charged.gauge.bytes();
+            if held > ctx.unfinished_limit {
+                let text = format!(
+                    "{held} bytes of unfinished messages on this connection, more than the \
+                     {} allowed (4 x max_message_size)",
+                    ctx.unfinished_limit
+                );
+                return Err(fail(reply::RESOURCE_ERROR, text, 60, 40));
+            }
         }
         // A body in one frame stays a zero-copy slice of the read buffer.
         match pending.first_body.take() {
@@ -540,6 +589,7 @@ impl Channel {
                     header: None,
                     body: BytesMut::new(),
                     first_body: None,
+                    charged: Charge { gauge: ctx.unfinished.clone(), bytes: 0 },
                 });
             }
             Method::BasicGet(m) => match broker.basic_get(key, &m.queue, m.no_ack)? {

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::Shared;
 use crate::auth;
-use crate::channel::Channel;
+use crate::channel::{Channel, UnfinishedContent};
 use crate::reply::{Close, Scope};
 use crate::writer::{self, WriterHandle, WriterMsg};
 
@@ -60,6 +60,11 @@ pub(crate) struct Context {
     pub user: ShortStr,
     /// The store's durability progress, read when a confirm may be due.
     pub progress: watch::Receiver<postroom_store::Progress>,
+    /// Body bytes of messages started but not finished on this connection's channels.
+    pub unfinished: UnfinishedContent,
+    /// The most `unfinished` may hold before the connection is closed with
+    /// `RESOURCE_ERROR` (506): four messages of `max_message_size`.
+    pub unfinished_limit: usize,
 }
 
 impl Context {
@@ -371,6 +376,10 @@ async fn run(
         id,
         user: user.into(),
         progress: shared.store.progress(),
+        unfinished: UnfinishedContent::default(),
+        unfinished_limit: usize::try_from(config.max_message_size)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(4),
     };
     let mut progress = shared.store.progress();
     let mut progress_live = true;

@@ -139,3 +139,48 @@ async fn a_publisher_that_never_reads_its_returns_is_held_back_and_others_are_se
     common::publish(&ch, "", "others", b"still served").await;
     assert_eq!(common::get_body(&ch, "others").await.as_deref(), Some(&b"still served"[..]));
 }
+
+/// Starts a message of `size` bytes on `channel` (opened) and sends `sent` bytes of it,
+/// in frames of at most 64 KiB.
+async fn start_message(client: &mut RawClient, channel: u16, size: u64, sent: usize) {
+    let mut buf = BytesMut::new();
+    Method::from(BasicPublish { routing_key: "unfinished".into(), ..Default::default() })
+        .encode_frame(channel, &mut buf);
+    encode_header(channel, 60, size, &[0, 0], &mut buf);
+    let chunk = vec![3u8; 64 * 1024];
+    let mut left = sent;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        encode_body_frame(channel, &chunk[..n], &mut buf);
+        left -= n;
+    }
+    client.send_raw(&buf).await;
+}
+
+#[tokio::test]
+async fn unfinished_messages_on_many_channels_are_bounded_per_connection() {
+    // max_message_size 1 MiB: a connection may hold 4 MiB of messages it has not finished.
+    let broker = TestBroker::start_with(|config| config.max_message_size = 1 << 20).await;
+    let mut client = RawClient::open(broker.addr()).await;
+    let channels: Vec<u16> = (2..=6).collect();
+    for &channel in &channels {
+        client.open_channel(channel).await;
+    }
+    // Finished messages hold nothing: many 900 KiB ones in a row are fine.
+    let conn = connect(&broker).await;
+    let ch = channel(&conn).await;
+    declare_queue(&ch, "unfinished").await;
+    for _ in 0..8 {
+        start_message(&mut client, 1, 900 * 1024, 900 * 1024).await;
+    }
+    // Five channels each 900 KiB into a 1 MiB message: past 4 MiB, the connection goes.
+    for &channel in &channels {
+        start_message(&mut client, channel, 1 << 20, 900 * 1024).await;
+    }
+    let close = within("connection.close", client.expect_connection_close()).await;
+    assert_eq!(close.reply_code, postroom_amqp::constants::reply::RESOURCE_ERROR);
+    // The finished ones were taken; another connection is unaffected.
+    assert_eq!(message_count(&ch, "unfinished").await, 8);
+    common::publish(&ch, "", "unfinished", b"still served").await;
+    assert_eq!(message_count(&ch, "unfinished").await, 9);
+}
