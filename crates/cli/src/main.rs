@@ -62,6 +62,10 @@ struct ServeArgs {
     /// the journal only [default: 268435456]
     #[arg(long, env = "POSTROOM_MESSAGE_MEMORY_LIMIT")]
     message_memory_limit: Option<usize>,
+    /// Free bytes the data directory's file system must keep; under it, publishers are
+    /// blocked (connection.blocked) until there is room [default: 50000000]
+    #[arg(long, env = "POSTROOM_DISK_FREE_LIMIT")]
+    disk_free_limit: Option<u64>,
     /// Start even if a journal segment is damaged inside, skipping the damaged records
     #[arg(long, env = "POSTROOM_RECOVER_SKIP_CORRUPT")]
     recover_skip_corrupt: bool,
@@ -100,6 +104,9 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     }
     if let Some(limit) = args.message_memory_limit {
         config.message_memory_limit = limit;
+    }
+    if let Some(limit) = args.disk_free_limit {
+        config.disk_free_limit = limit;
     }
     config.recover_skip_corrupt |= args.recover_skip_corrupt;
     // Fault injection for the fault tests; deliberately not a documented flag.

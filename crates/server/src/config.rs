@@ -53,6 +53,9 @@ pub struct ServerConfig {
     /// Bytes of ready messages all queues together keep in memory; past it, every queue's
     /// new messages wait in the journal.
     pub message_memory_limit: usize,
+    /// Free bytes the data directory's file system must keep; under it, publishing
+    /// connections are blocked (`connection.blocked`) until there is room again.
+    pub disk_free_limit: u64,
     /// Injected store failures, for fault tests (`write:N,sync:M`); set from the
     /// `POSTROOM_FAILPOINTS` environment variable, never from the config file.
     #[serde(skip)]
@@ -91,6 +94,8 @@ impl Default for ServerConfig {
             recover_skip_corrupt: false,
             queue_memory_limit: postroom_core::broker::DEFAULT_QUEUE_MEMORY_LIMIT,
             message_memory_limit: postroom_core::broker::DEFAULT_MESSAGE_MEMORY_LIMIT,
+            // RabbitMQ's default.
+            disk_free_limit: 50_000_000,
             faults: Faults::default(),
         }
     }

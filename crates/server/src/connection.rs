@@ -277,6 +277,8 @@ async fn run(
                 11,
             ));
         };
+        let wants_blocked_notice =
+            announces_capability(&start_ok.client_properties, "connection.blocked");
         let creds = auth::credentials(&start_ok.mechanism, start_ok.response.as_bytes());
         let user = match creds {
             Some((user, password))
@@ -336,9 +338,9 @@ async fn run(
             }
             n => n,
         };
-        Ok::<_, End>((user, frame_max, channel_max, tune.heartbeat))
+        Ok::<_, End>((user, frame_max, channel_max, tune.heartbeat, wants_blocked_notice))
     };
-    let (user, frame_max, channel_max, heartbeat) =
+    let (user, frame_max, channel_max, heartbeat, wants_blocked_notice) =
         match tokio::time::timeout(config.handshake_timeout, handshake).await {
             Ok(Ok(values)) => values,
             Ok(Err(end)) => return end,
@@ -384,11 +386,33 @@ async fn run(
     let mut progress = shared.store.progress();
     let mut progress_live = true;
     let mut channels: HashMap<u16, Channel> = HashMap::new();
+    let mut alarm = shared.alarms.subscribe();
+    let mut alarm_live = true;
+    // Whether the connection has published: only publishers are blocked by an alarm.
+    let mut published = false;
+    let mut blocked = false;
     loop {
+        // A publisher is not read while a resource alarm is on (RabbitMQ's
+        // connection.blocked), and told so if it announced the capability.
+        let alarmed = published && alarm.borrow().is_some();
+        if alarmed != blocked {
+            blocked = alarmed;
+            if blocked {
+                reader.last_read = tokio::time::Instant::now();
+            }
+            if wants_blocked_notice {
+                match alarm.borrow().as_deref() {
+                    Some(reason) if blocked => {
+                        out.method(0, ConnectionBlocked { reason: ShortStr::from(reason) });
+                    }
+                    _ => out.method(0, ConnectionUnblocked {}),
+                }
+            }
+        }
         // A client that sends but does not read (the writer's queue is full of what it was
         // sent) is not read either until the writer catches up: TCP pushes back on it.
         // Its silence meanwhile is ours, so it does not count against its heartbeats.
-        let paused = !out.pressure().below(writer::READ_HIGH_WATER);
+        let paused = blocked || !out.pressure().below(writer::READ_HIGH_WATER);
         let dead_at = reader.dead_at().filter(|_| !paused);
         let frame = tokio::select! {
             frame = reader.frame(), if !paused => frame,
@@ -397,6 +421,13 @@ async fn run(
                     reader.last_read = tokio::time::Instant::now();
                 }
                 shared.lock().dispatch_connection(id);
+                continue;
+            }
+            changed = alarm.changed(), if alarm_live => {
+                alarm_live = changed.is_ok();
+                if blocked {
+                    reader.last_read = tokio::time::Instant::now();
+                }
                 continue;
             }
             changed = progress.changed(), if progress_live => {
@@ -453,6 +484,7 @@ async fn run(
         let mut next = Some(frame);
         let mut handled = 0;
         while let Some(frame) = next.take() {
+            published |= matches!(frame, Frame::Method { method: Method::BasicPublish(_), .. });
             if let Err(end) = handle_frame(&ctx, &mut broker, &mut channels, channel_max, frame) {
                 return end;
             }
@@ -470,6 +502,16 @@ async fn run(
 
 /// The most frames a connection handles under one lock of the broker.
 const FRAMES_PER_LOCK: usize = 256;
+
+/// Whether `client_properties` announce `capability` (`capabilities.<name> = true`).
+fn announces_capability(client_properties: &FieldTable, capability: &str) -> bool {
+    match client_properties.get("capabilities") {
+        Some(FieldValue::Table(capabilities)) => {
+            capabilities.get(capability).and_then(FieldValue::as_bool).unwrap_or(false)
+        }
+        _ => false,
+    }
+}
 
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until_dead(deadline: Option<tokio::time::Instant>) {

@@ -15,8 +15,10 @@
 //! - [`writer`]: the per-connection writer task and the broker's outlet.
 //! - [`reply`]: the one mapping from errors to AMQP reply codes.
 //! - [`auth`]: SASL PLAIN / AMQPLAIN and the user check.
+//! - [`alarm`]: the disk alarm that blocks publishers.
 //! - `http`: the HTTP listener (`/health`).
 
+pub mod alarm;
 pub mod auth;
 mod channel;
 pub mod config;
@@ -38,6 +40,7 @@ pub(crate) struct Shared {
     broker: Mutex<Broker>,
     config: ServerConfig,
     store: std::sync::Arc<dyn postroom_store::Store>,
+    alarms: std::sync::Arc<alarm::Alarms>,
 }
 
 impl Shared {

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::alarm::{self, Alarms};
 use crate::config::{ConfigError, ServerConfig};
 use crate::{Shared, connection, http};
 
@@ -88,8 +89,11 @@ impl Server {
             messages = summary.messages,
             "recovered"
         );
-        let shared = Arc::new(Shared { broker: Mutex::new(broker), config, store });
+        let alarms = Arc::new(Alarms::new(config.disk_free_limit));
+        let data_dir = config.data_dir.clone();
+        let shared = Arc::new(Shared { broker: Mutex::new(broker), config, store, alarms });
         let (stop, stopped) = watch::channel(false);
+        tokio::spawn(alarm::watch_disk(shared.alarms.clone(), data_dir, stopped.clone()));
         tokio::spawn(http::serve(http, stopped.clone()));
         tokio::spawn(resume_waiting_queues(shared.clone()));
         tokio::spawn(tick(shared.clone(), stopped.clone()));
@@ -105,6 +109,12 @@ impl Server {
     /// The bound HTTP address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Changes the free disk space under which publishers are blocked; applied at the next
+    /// check (within [`alarm::CHECK_EVERY`]).
+    pub fn set_disk_free_limit(&self, bytes: u64) {
+        self.shared.alarms.set_disk_free_limit(bytes);
     }
 
     /// Stops accepting, closes every connection with `CONNECTION_FORCED` and waits (up to a

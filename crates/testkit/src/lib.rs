@@ -56,6 +56,12 @@ impl TestBroker {
         format!("amqp://guest:guest@{}/%2f", self.addr())
     }
 
+    /// Changes the free disk space under which publishers are blocked (see
+    /// [`Server::set_disk_free_limit`]).
+    pub fn set_disk_free_limit(&self, bytes: u64) {
+        self.server.set_disk_free_limit(bytes);
+    }
+
     /// The HTTP address.
     pub fn http_addr(&self) -> SocketAddr {
         self.server.http_addr()

@@ -227,6 +227,33 @@ impl RawClient {
         client
     }
 
+    /// Like [`RawClient::open`], announcing `capabilities` in the client properties (as
+    /// `capabilities.<name> = true`).
+    pub async fn open_announcing(addr: SocketAddr, capabilities: &[&str]) -> RawClient {
+        let (mut client, _) = RawClient::tcp(addr).await.started().await;
+        let mut announced = postroom_amqp::FieldTable::new();
+        for capability in capabilities {
+            announced.insert(*capability, postroom_amqp::FieldValue::Bool(true));
+        }
+        let mut properties = postroom_amqp::FieldTable::new();
+        properties.insert("capabilities", postroom_amqp::FieldValue::Table(announced));
+        client.send_start_ok_with("guest", properties).await;
+        let tune = match client.recv_method_on(0).await {
+            Method::ConnectionTune(tune) => tune,
+            other => panic!("expected connection.tune, got {other:?}"),
+        };
+        let tune_ok = ConnectionTuneOk {
+            channel_max: tune.channel_max,
+            frame_max: tune.frame_max,
+            heartbeat: 0,
+        };
+        client.send_method(0, tune_ok).await;
+        client.frame_max = tune.frame_max;
+        client.open_vhost("/").await;
+        client.open_channel(1).await;
+        client
+    }
+
     /// Writes `bytes` unless that takes longer than `limit`; whether it did.
     pub async fn write_within(&mut self, bytes: &[u8], limit: Duration) -> bool {
         matches!(tokio::time::timeout(limit, self.stream.write_all(bytes)).await, Ok(Ok(())))
@@ -261,10 +288,19 @@ impl RawClient {
 
     /// Sends `connection.start-ok` with PLAIN credentials for guest and `password`.
     pub async fn send_start_ok(&mut self, password: &str) {
+        self.send_start_ok_with(password, Default::default()).await;
+    }
+
+    /// Sends `connection.start-ok` with `client_properties`.
+    pub async fn send_start_ok_with(
+        &mut self,
+        password: &str,
+        client_properties: postroom_amqp::FieldTable,
+    ) {
         self.send_method(
             0,
             ConnectionStartOk {
-                client_properties: Default::default(),
+                client_properties,
                 mechanism: ShortStr::from("PLAIN"),
                 response: LongStr::from(format!("\0guest\0{password}").as_str()),
                 locale: ShortStr::from("en_US"),
