@@ -66,6 +66,10 @@ struct ServeArgs {
     /// blocked (connection.blocked) until there is room [default: 50000000]
     #[arg(long, env = "POSTROOM_DISK_FREE_LIMIT")]
     disk_free_limit: Option<u64>,
+    /// A virtual host clients may open, besides `/`; repeatable (or comma-separated in
+    /// POSTROOM_VHOSTS)
+    #[arg(long = "vhost", env = "POSTROOM_VHOSTS", value_delimiter = ',')]
+    vhosts: Vec<String>,
     /// Start even if a journal segment is damaged inside, skipping the damaged records
     #[arg(long, env = "POSTROOM_RECOVER_SKIP_CORRUPT")]
     recover_skip_corrupt: bool,
@@ -107,6 +111,11 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
     }
     if let Some(limit) = args.disk_free_limit {
         config.disk_free_limit = limit;
+    }
+    for vhost in &args.vhosts {
+        if !config.vhosts.contains(vhost) {
+            config.vhosts.push(vhost.clone());
+        }
     }
     config.recover_skip_corrupt |= args.recover_skip_corrupt;
     // Fault injection for the fault tests; deliberately not a documented flag.

@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Users. `guest` may only connect from loopback addresses, as in RabbitMQ.
     pub users: Vec<User>,
+    /// Virtual hosts clients may open (each with its own exchanges, queues and bindings).
+    pub vhosts: Vec<String>,
     /// When persistent messages are made durable: `fsync` (confirm after fsync, the
     /// default), `interval:<ms>` or `none`.
     #[serde(deserialize_with = "from_text")]
@@ -89,6 +91,7 @@ impl Default for ServerConfig {
             max_message_size: 16 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
             users: vec![User { name: "guest".into(), password: "guest".into() }],
+            vhosts: vec!["/".into()],
             durability: Durability::Fsync,
             segment_size: 64 * 1024 * 1024,
             recover_skip_corrupt: false,
@@ -129,6 +132,9 @@ impl ServerConfig {
         }
         if self.users.is_empty() {
             return fail("users", "at least one user is needed");
+        }
+        if self.vhosts.iter().any(|v| v.is_empty() || v.len() > 255) {
+            return fail("vhosts", "names must be 1 to 255 bytes long");
         }
         self.store_config()
             .validate()

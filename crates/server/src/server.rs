@@ -80,6 +80,9 @@ impl Server {
             queue: config.queue_memory_limit,
             total: config.message_memory_limit,
         });
+        for vhost in &config.vhosts {
+            broker.add_vhost(vhost);
+        }
         let recovered = store.take_recovered();
         let summary = broker.restore(recovered)?;
         tracing::info!(

@@ -118,6 +118,24 @@ async fn unknown_vhost_is_closed_with_530_not_allowed() {
 }
 
 #[tokio::test]
+async fn configured_vhosts_are_separate_namespaces() {
+    let broker = TestBroker::start_with(|config| config.vhosts.push("celery".into())).await;
+    let url = format!("amqp://guest:guest@{}/celery", broker.addr());
+    let in_celery = common::connect_url(&url).await;
+    let celery = common::channel(&in_celery).await;
+    common::declare_queue(&celery, "tasks").await;
+    common::publish(&celery, "", "tasks", b"in celery").await;
+    assert_eq!(common::message_count(&celery, "tasks").await, 1);
+    // The default vhost has none of it.
+    let in_root = common::connect(&broker).await;
+    let root = common::channel(&in_root).await;
+    let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+    let missing = root.queue_declare("tasks".into(), passive, Default::default()).await;
+    common::assert_code(missing, reply::NOT_FOUND);
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn unknown_vhost_gets_connection_close_530_on_the_wire() {
     let broker = TestBroker::start().await;
     let (mut client, _) = RawClient::login(broker.addr(), 0).await;
