@@ -44,6 +44,14 @@ pub fn authenticate(users: &[User], user: &str, password: &str, peer: IpAddr) ->
     known && (user != "guest" || peer.is_loopback())
 }
 
+/// Whether `user` may open `vhost` (its `vhosts`, or any when it lists none).
+pub fn may_open(users: &[User], user: &str, vhost: &str) -> bool {
+    users.iter().filter(|u| u.name == user).any(|u| match &u.vhosts {
+        None => true,
+        Some(allowed) => allowed.iter().any(|v| v == vhost),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,9 +65,19 @@ mod tests {
 
     #[test]
     fn guest_is_refused_from_non_loopback() {
-        let users = [User { name: "guest".into(), password: "guest".into() }];
+        let users = [User::new("guest", "guest")];
         assert!(authenticate(&users, "guest", "guest", [127, 0, 0, 1].into()));
         assert!(!authenticate(&users, "guest", "guest", [10, 0, 0, 1].into()));
         assert!(!authenticate(&users, "guest", "nope", [127, 0, 0, 1].into()));
+    }
+
+    #[test]
+    fn a_user_opens_the_vhosts_it_lists_or_any_when_it_lists_none() {
+        let limited = User { vhosts: Some(vec!["celery".into()]), ..User::new("worker", "pw") };
+        let users = [User::new("admin", "pw"), limited];
+        assert!(may_open(&users, "admin", "/"));
+        assert!(may_open(&users, "worker", "celery"));
+        assert!(!may_open(&users, "worker", "/"));
+        assert!(!may_open(&users, "nobody", "/"));
     }
 }

@@ -14,6 +14,16 @@ pub struct User {
     pub name: String,
     /// Password.
     pub password: String,
+    /// The virtual hosts it may open; all of them when absent.
+    #[serde(default)]
+    pub vhosts: Option<Vec<String>>,
+}
+
+impl User {
+    /// A user who may open every virtual host.
+    pub fn new(name: &str, password: &str) -> User {
+        User { name: name.into(), password: password.into(), vhosts: None }
+    }
 }
 
 /// Server settings. Every limit has RabbitMQ's default unless noted.
@@ -90,7 +100,7 @@ impl Default for ServerConfig {
             heartbeat: 60,
             max_message_size: 16 * 1024 * 1024,
             handshake_timeout: Duration::from_secs(10),
-            users: vec![User { name: "guest".into(), password: "guest".into() }],
+            users: vec![User::new("guest", "guest")],
             vhosts: vec!["/".into()],
             durability: Durability::Fsync,
             segment_size: 64 * 1024 * 1024,

@@ -364,6 +364,12 @@ async fn run(
         }
         Err(end) => return end,
     };
+    if !auth::may_open(&config.users, &user, &open.virtual_host) {
+        // As RabbitMQ words it.
+        let text = format!("access to vhost '{}' refused for user '{user}'", open.virtual_host);
+        tracing::warn!(%peer, %text, "vhost refused");
+        return End::Close(Close::new(reply::NOT_ALLOWED, text), 10, 40);
+    }
     let opened = shared.lock().open_connection(&open.virtual_host, &user, Arc::new(out.clone()));
     let id = match opened {
         Ok(id) => id,

@@ -136,6 +136,31 @@ async fn configured_vhosts_are_separate_namespaces() {
 }
 
 #[tokio::test]
+async fn a_user_may_open_only_the_vhosts_it_is_given() {
+    let broker = TestBroker::start_with(|config| {
+        config.vhosts.push("celery".into());
+        let worker = postroom_server::config::User {
+            vhosts: Some(vec!["celery".into()]),
+            ..postroom_server::config::User::new("worker", "secret")
+        };
+        config.users.push(worker);
+    })
+    .await;
+    let allowed = format!("amqp://worker:secret@{}/celery", broker.addr());
+    let conn = common::connect_url(&allowed).await;
+    common::channel(&conn).await;
+    let refused = format!("amqp://worker:secret@{}/%2f", broker.addr());
+    let result =
+        within("lapin connect", Connection::connect(&refused, ConnectionProperties::default()))
+            .await;
+    let Err(error) = result else {
+        panic!("the user may not open /");
+    };
+    assert_eq!(reply_code(&error), Some(reply::NOT_ALLOWED), "{error}");
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn unknown_vhost_gets_connection_close_530_on_the_wire() {
     let broker = TestBroker::start().await;
     let (mut client, _) = RawClient::login(broker.addr(), 0).await;
