@@ -406,6 +406,12 @@ impl Backlog {
         if batch.is_empty() {
             return false;
         }
+        if batch.first().is_some_and(|(seq, _)| *seq > cold.last) {
+            // The store holds nothing of the run any more (its references were released
+            // behind the backlog's back): the run is over, or it would be read for ever.
+            cold.count = 0;
+            return true;
+        }
         let mut undecodable = Vec::new();
         for (seq, payload) in batch {
             if seq > cold.last {
