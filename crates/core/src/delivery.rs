@@ -123,8 +123,7 @@ fn dispatch(
         // With a single active consumer only the longest-standing one receives; the next
         // takes over when it goes (as in RabbitMQ).
         let count = if queue.policy.single_active_consumer { 1 } else { queue.consumers.len() };
-        let chosen = (0..count).map(|step| (queue.next_consumer + step) % count).find(|&i| {
-            let consumer = &queue.consumers[i];
+        let can_take = |consumer: &Consumer| {
             let has_own_credit =
                 consumer.prefetch_count == 0 || consumer.unacked < consumer.prefetch_count.into();
             has_own_credit
@@ -132,6 +131,22 @@ fn dispatch(
                     c.channels.get(&consumer.channel.channel).is_some_and(|ch| ch.has_credit())
                         && c.outlet.has_room()
                 })
+        };
+        // Consumer priorities: only the highest priority that can take a message is
+        // offered it (one pass more, and only when priorities differ).
+        let consumers = &queue.consumers[..count];
+        let first = consumers[0].priority;
+        let wanted = if consumers.iter().all(|c| c.priority == first) {
+            first
+        } else {
+            match consumers.iter().filter(|c| can_take(c)).map(|c| c.priority).max() {
+                Some(best) => best,
+                None => break,
+            }
+        };
+        let chosen = (0..count).map(|step| (queue.next_consumer + step) % count).find(|&i| {
+            let consumer = &queue.consumers[i];
+            consumer.priority == wanted && can_take(consumer)
         });
         let Some(index) = chosen else { break };
         let Some(message) = queue.pop(store, now) else {
@@ -514,11 +529,12 @@ impl Broker {
         key: ChannelKey,
         queue: &str,
         tag: ShortStr,
-        no_ack: bool,
-        exclusive: bool,
+        (no_ack, exclusive): (bool, bool),
+        arguments: &FieldTable,
         on_ok: impl FnOnce(&ShortStr),
     ) -> Result<()> {
         let vhost_name = self.vhost_of(key.connection)?;
+        let priority = crate::queue::consumer_priority(arguments)?;
         let tag = if tag.is_empty() { self.generate_name("amq.ctag-") } else { tag };
         if self.channel_mut(key)?.consumers.contains_key(&tag) {
             return Err(BrokerError::NotAllowed(format!("attempt to reuse consumer tag '{tag}'")));
@@ -545,6 +561,7 @@ impl Broker {
             exclusive,
             prefetch_count,
             unacked: 0,
+            priority,
         });
         q.had_consumers = true;
         let queue_name = q.name.clone();

@@ -54,6 +54,29 @@ pub struct Consumer {
     pub prefetch_count: u16,
     /// Deliveries not yet acknowledged.
     pub unacked: u32,
+    /// Its `x-priority` (0 by default): a queue delivers to the consumers of the highest
+    /// priority that can take a message, round-robin among them, and to lower ones only
+    /// while those cannot (as RabbitMQ).
+    pub priority: i32,
+}
+
+/// The consumer argument naming its priority.
+pub const CONSUMER_PRIORITY: &str = "x-priority";
+
+/// The priority `basic.consume` arguments ask for.
+///
+/// # Errors
+/// `PreconditionFailed` naming the argument if `x-priority` is not an integer that fits
+/// 32 bits.
+pub fn consumer_priority(arguments: &postroom_amqp::FieldTable) -> crate::error::Result<i32> {
+    match arguments.get(CONSUMER_PRIORITY) {
+        None => Ok(0),
+        Some(value) => value.as_int().and_then(|n| i32::try_from(n).ok()).ok_or_else(|| {
+            crate::BrokerError::PreconditionFailed(format!(
+                "invalid arg '{CONSUMER_PRIORITY}': expected an integer, got {value:?}"
+            ))
+        }),
+    }
 }
 
 /// A queue.

@@ -88,7 +88,10 @@ impl Fixture {
     }
 
     fn consume(&mut self, queue: &str, tag: &str) {
-        self.broker.basic_consume(self.key, queue, tag.into(), false, false, |_| {}).unwrap();
+        let arguments = postroom_amqp::FieldTable::new();
+        self.broker
+            .basic_consume(self.key, queue, tag.into(), (false, false), &arguments, |_| {})
+            .unwrap();
     }
 }
 

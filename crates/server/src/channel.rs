@@ -565,8 +565,8 @@ impl Channel {
                     key,
                     &m.queue,
                     m.consumer_tag,
-                    m.no_ack,
-                    m.exclusive,
+                    (m.no_ack, m.exclusive),
+                    &m.arguments,
                     |tag| {
                         if !nowait {
                             out.method(n, BasicConsumeOk { consumer_tag: tag.clone() });
