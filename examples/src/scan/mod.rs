@@ -198,11 +198,14 @@ pub fn build_worker<K: Classifier>(
     results: Arc<Publisher>,
     processed: Arc<MemoryProcessedStore>,
 ) -> postroom_client::Result<Worker<ScanHandler<K>>> {
-    let handler = CommandHandler::new(Classify::new(classifier, results))
-        .with(IdempotentReceiver::new(processed).lease(Duration::from_secs(30)))
-        .with(Tracing);
     // Prefetch 1: a slow scan does not hold back messages another worker could take.
     let config =
         WorkerConfig { prefetch: 1, concurrency: 1, ..WorkerConfig::new(priority.queue()) };
+    // The claim must outlive the longest run the worker allows, or a duplicate could run
+    // beside a slow scan.
+    let lease = config.handler_timeout + config.max_retry_hold + Duration::from_secs(30);
+    let handler = CommandHandler::new(Classify::new(classifier, results))
+        .with(IdempotentReceiver::new(processed).lease(lease))
+        .with(Tracing);
     Worker::new(connector, handler, config)
 }
