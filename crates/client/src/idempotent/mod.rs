@@ -3,9 +3,9 @@
 //! between workers and across restarts).
 //!
 //! A message is *claimed* before the handler runs (with a lease, so a crashed worker's
-//! claim runs out), *completed* when the handler reaches a final result (`Success`, `Drop`,
-//! `DeadLetter`), and *released* when it asks for a `Retry`, so the retry runs the handler
-//! again. A handler that panics or is cancelled at the worker's timeout releases its claim
+//! claim runs out), *completed* when the handler succeeds or drops the message (`Success`,
+//! `Drop`), and *released* when it asks for a `Retry` or dead-letters it, so that the retry,
+//! or the message moved back from the dead-letter queue, runs the handler again. A handler that panics or is cancelled at the worker's timeout releases its claim
 //! too (from a guard's `Drop`, in a spawned task), so its redelivery runs at once.
 //!
 //! A duplicate of a completed message is acknowledged without running the handler; a
@@ -263,14 +263,18 @@ impl<S: ProcessedStore> ClaimGuard<S> {
         ClaimGuard { store, key: key.to_string(), token: Some(token) }
     }
 
-    /// Completes the claim for a final result, releases it for a `Retry` (which must run
-    /// again).
+    /// Completes the claim for `Success` and `Drop`, releases it otherwise: a `Retry` must
+    /// run again, and so must a `DeadLetter`ed message that someone moves back from the
+    /// dead-letter queue (it was not processed).
     async fn settle(&mut self, result: &CommandResult, ttl: Duration) -> Result<()> {
         let Some(token) = self.token.as_ref() else { return Ok(()) };
-        let recorded = if result.is_final() {
-            self.store.complete(&self.key, token, ttl).await
-        } else {
-            self.store.release(&self.key, token).await
+        let recorded = match result {
+            CommandResult::Success | CommandResult::Drop { .. } => {
+                self.store.complete(&self.key, token, ttl).await
+            }
+            CommandResult::Retry { .. } | CommandResult::DeadLetter { .. } => {
+                self.store.release(&self.key, token).await
+            }
         };
         // Disarmed only once the store call returned: cancelled during it, the guard still
         // releases, which is harmless after a completion (a release only removes a claim
@@ -378,5 +382,18 @@ mod tests {
         let_spawned_tasks_run().await;
         assert_eq!(adapter.process(message()).await, Outcome::Completed(CommandResult::Success));
         assert_eq!(calls.load(Ordering::SeqCst), 2, "the redelivery ran the handler");
+    }
+
+    // Regression: a dead-lettered message was marked processed, so moving it back from the
+    // dead-letter queue acknowledged it as a duplicate without running the handler.
+    #[tokio::test]
+    async fn a_dead_lettered_message_runs_again_when_it_comes_back_from_the_dead_letter_queue() {
+        let (adapter, calls) = receiver("dead_letter", Duration::from_secs(5));
+        let outcome = adapter.process(message()).await;
+        assert_eq!(outcome, Outcome::Completed(CommandResult::dead_letter("rule violated")));
+        assert_eq!(adapter.process(message()).await, Outcome::Completed(CommandResult::Success));
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "the redriven message ran the handler");
+        assert_eq!(adapter.process(message()).await, Outcome::Completed(CommandResult::Success));
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "once processed, a duplicate does not");
     }
 }
