@@ -1,8 +1,9 @@
 //! [`OutboxRelay`]: publishes outbox rows to the broker with confirms, in insertion order,
 //! and marks each one sent after its confirm.
 //!
-//! At-least-once and ordered: rows go one at a time, the next only after the previous one
-//! was confirmed, and a failure stops the batch (so no later event of the same aggregate
+//! At-least-once and ordered: rows go one at a time, with `mandatory`, the next only after
+//! the previous one was confirmed (a publisher without confirms is refused), and a failure
+//! (an unroutable row included) stops the batch (so no later event of the same aggregate
 //! overtakes it). A crash between a confirm and the `sent_at` update publishes that row
 //! again, with the same `message_id`: consumers drop the copy with an idempotent receiver,
 //! or the queue with `x-message-deduplication`.
@@ -34,6 +35,10 @@ pub struct RelayConfig {
     pub poll_interval: Duration,
     /// Wait after a failed round before trying again.
     pub retry_delay: Duration,
+    /// Publish with `mandatory`, so that an event no queue takes comes back as a failure of
+    /// its row instead of being marked sent and lost (on by default). Turn it off for
+    /// exchanges where an event nobody subscribes to yet is normal.
+    pub mandatory: bool,
 }
 
 impl Default for RelayConfig {
@@ -42,6 +47,7 @@ impl Default for RelayConfig {
             batch_size: 100,
             poll_interval: Duration::from_millis(500),
             retry_delay: Duration::from_secs(1),
+            mandatory: true,
         }
     }
 }
@@ -79,8 +85,9 @@ impl<C: Codec> std::fmt::Debug for OutboxRelay<C> {
 }
 
 impl<C: Codec> OutboxRelay<C> {
-    /// A relay for the database at `path`, publishing through `publisher` (which should have
-    /// confirms on, as by default).
+    /// A relay for the database at `path`, publishing through `publisher`, which must have
+    /// confirms on (as by default): a row is marked sent on the broker's confirm, and
+    /// without confirms there is none to wait for.
     ///
     /// ```no_run
     /// # fn build(publisher: std::sync::Arc<postroom_client::Publisher>) -> Result<(), postroom_bus::BusError> {
@@ -90,12 +97,19 @@ impl<C: Codec> OutboxRelay<C> {
     /// ```
     ///
     /// # Errors
-    /// [`BusError::Database`].
+    /// [`BusError::Config`] for a publisher without confirms; [`BusError::Database`].
     pub fn open(
         path: &Path,
         publisher: Arc<Publisher<C>>,
         config: RelayConfig,
     ) -> Result<OutboxRelay<C>, BusError> {
+        if !publisher.config().confirms {
+            return Err(BusError::Config(
+                "the outbox relay needs a publisher with confirms (PublisherConfig::confirms): \
+                 without them a row would be marked sent before the broker took it"
+                    .into(),
+            ));
+        }
         let connection = Mutex::new(outbox::open(path)?);
         Ok(OutboxRelay { connection, publisher, config, wake: Arc::default() })
     }
@@ -127,6 +141,7 @@ impl<C: Codec> OutboxRelay<C> {
     /// sent); [`BusError::Database`].
     pub async fn relay_once(&self) -> Result<usize, BusError> {
         let records = outbox::unsent(&self.database(), self.config.batch_size)?;
+        let options = PublishOptions::default().with_mandatory(self.config.mandatory);
         let mut sent = 0;
         for record in records {
             let published = self
@@ -136,7 +151,7 @@ impl<C: Codec> OutboxRelay<C> {
                     &record.routing_key,
                     &record.payload,
                     &record.envelope(),
-                    &PublishOptions::default(),
+                    &options,
                 )
                 .await;
             match published {

@@ -247,3 +247,46 @@ async fn a_running_relay_is_woken_by_a_commit() {
     publisher.close().await;
     broker.stop().await;
 }
+
+// Regression: a publisher without confirms was accepted, and every row it "published" was
+// marked sent without the broker's word that it took it.
+#[tokio::test]
+async fn a_relay_refuses_a_publisher_without_confirms() {
+    let dir = tempfile::tempdir().unwrap();
+    let connector =
+        Arc::new(Connector::new("amqp://guest:guest@127.0.0.1:1/%2f", Backoff::default()).unwrap());
+    let config = PublisherConfig { confirms: false, ..PublisherConfig::default() };
+    let publisher = Arc::new(Publisher::new(connector, Json, config).unwrap());
+    let refused = OutboxRelay::open(&dir.path().join("app.db"), publisher, RelayConfig::default());
+    assert!(matches!(&refused, Err(BusError::Config(reason)) if reason.contains("confirms")));
+}
+
+// Regression: a row whose event no queue took was confirmed by the broker and marked sent,
+// so the event was lost without a trace.
+#[tokio::test]
+async fn an_event_no_queue_takes_is_not_marked_sent() {
+    let broker = TestBroker::start().await;
+    let (_connection, channel) = raw_channel(&broker.url()).await;
+    ExchangeSpec::topic("stock").declare(&channel).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let mut uow = open_app_db(&db);
+    change_stock(&mut uow, "LAMP", 1).await;
+    let publisher =
+        Arc::new(Publisher::connect(&broker.url(), PublisherConfig::default()).await.unwrap());
+    let relay = OutboxRelay::open(&db, Arc::clone(&publisher), RelayConfig::default()).unwrap();
+    let failed = relay.relay_once().await;
+    assert!(
+        matches!(&failed, Err(BusError::Publish(postroom_client::Error::Unroutable { .. }))),
+        "{failed:?}"
+    );
+    assert_eq!(outbox::unsent_count(uow.connection()).unwrap(), 1);
+
+    // Once a queue is bound, the row goes out.
+    QueueSpec::new("stock-events").declare(&channel).await.unwrap();
+    bind(&channel, "stock-events", "stock", "stock.#").await.unwrap();
+    assert_eq!(relay.relay_once().await.unwrap(), 1);
+    assert_eq!(take(&channel, 1).await[0].0.version, 1);
+    publisher.close().await;
+    broker.stop().await;
+}

@@ -239,6 +239,19 @@ impl<C: Codec> Publisher<C> {
         Ok(Publisher { connector, channel: Mutex::new(None), codec, config })
     }
 
+    /// The settings this publisher was built with.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use postroom_client::{Backoff, Connector, Json, Publisher, PublisherConfig};
+    /// let connector = Arc::new(Connector::new("amqp://127.0.0.1:5672/%2f", Backoff::default()).unwrap());
+    /// let publisher = Publisher::new(connector, Json, PublisherConfig::default()).unwrap();
+    /// assert!(publisher.config().confirms);
+    /// ```
+    pub fn config(&self) -> &PublisherConfig {
+        &self.config
+    }
+
     /// The codec in use.
     ///
     /// ```
