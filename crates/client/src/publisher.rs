@@ -197,7 +197,9 @@ impl<C: Codec> std::fmt::Debug for Publisher<C> {
 }
 
 impl Publisher<Json> {
-    /// A JSON publisher with its own connection to `url` (default [`Backoff`]).
+    /// A JSON publisher with its own connection to `url`, with the default [`Backoff`] but
+    /// giving up after 10 attempts (about 45 s), so that a caller hears of an outage instead
+    /// of waiting for ever. Build the [`Connector`] yourself for another policy.
     ///
     /// ```no_run
     /// # async fn run() -> postroom_client::Result<()> {
@@ -210,7 +212,8 @@ impl Publisher<Json> {
     /// # Errors
     /// [`Error::Config`], or [`Error::Connect`] when the broker cannot be reached.
     pub async fn connect(url: &str, config: PublisherConfig) -> Result<Publisher<Json>> {
-        let connector = Arc::new(Connector::new(url, Backoff::default())?);
+        let backoff = Backoff { max_attempts: Some(10), ..Backoff::default() };
+        let connector = Arc::new(Connector::new(url, backoff)?);
         let publisher = Publisher::new(connector, Json, config)?;
         publisher.channel().await?;
         Ok(publisher)

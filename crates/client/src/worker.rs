@@ -257,7 +257,9 @@ impl<H: Handler> Worker<H> {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Connect`] when the broker stays unreachable; [`Error::Amqp`] when it refuses
+    /// [`Error::Connect`] when the broker stays unreachable past the connector's
+    /// `max_attempts` (never with the default [`Backoff`](crate::Backoff), which retries
+    /// forever); [`Error::Amqp`] when it refuses
     /// the consumer (e.g. `404`, no such queue).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let mut shutdown = pin!(shutdown);

@@ -12,7 +12,8 @@ use std::time::Duration;
 use common::worker_scenarios::{self as scenarios, publisher, send};
 use common::{RunningWorker, eventually, get, raw_channel, ready_count};
 use postroom_client::{
-    CommandResult, Envelope, ExchangeSpec, Incoming, QueueSpec, WorkerConfig, bind, handler_fn,
+    Backoff, CommandResult, Connector, Envelope, ExchangeSpec, Incoming, QueueSpec, Worker,
+    WorkerConfig, bind, handler_fn,
 };
 use postroom_testkit::TestBroker;
 
@@ -189,6 +190,59 @@ async fn the_worker_resumes_consuming_after_the_broker_restarts() {
     eventually("second handled", || handled.load(Ordering::SeqCst) == 2).await;
     assert_eq!(ready_count(&channel, "resilient").await, 0);
     worker.stop().await.unwrap();
+    publisher.close().await;
+    broker.stop().await;
+}
+
+// Regression: the default backoff gave up after 10 attempts (about 45 s), so a worker
+// started before its broker, or outliving a longer outage, stopped for good.
+#[tokio::test]
+async fn by_default_a_worker_keeps_reconnecting_until_the_broker_is_back() {
+    let port = common::external::free_port();
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_path_buf();
+    let start = |data_dir: std::path::PathBuf| {
+        TestBroker::start_with(move |config| {
+            config.amqp_listen = listen;
+            config.data_dir = data_dir;
+        })
+    };
+    let broker = start(data_dir.clone()).await;
+    let url = broker.url();
+    QueueSpec::new("patient").declare(&raw_channel(&url).await.1).await.unwrap();
+    broker.stop().await;
+
+    let handled = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&handled);
+    let handler = handler_fn(move |_| {
+        let counter = Arc::clone(&counter);
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            CommandResult::Success
+        }
+    });
+    // The default limit, with short delays: ten attempts take a few tens of milliseconds.
+    let backoff = Backoff {
+        initial: Duration::from_millis(2),
+        max: Duration::from_millis(10),
+        ..Backoff::default()
+    };
+    let connector = Arc::new(Connector::new(&url, backoff).unwrap());
+    let worker = Worker::new(connector, handler, WorkerConfig::new("patient")).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!running.is_finished(), "the worker gave up while the broker was down");
+
+    let broker = start(data_dir).await;
+    let publisher = publisher(&url).await;
+    send(&publisher, "patient", b"x", Envelope::new()).await;
+    eventually("handled once the broker is back", || handled.load(Ordering::SeqCst) == 1).await;
+    stop.send(()).unwrap();
+    common::within("worker shutdown", running).await.unwrap().unwrap();
     publisher.close().await;
     broker.stop().await;
 }
