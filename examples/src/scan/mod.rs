@@ -130,6 +130,7 @@ pub async fn declare_topology(connector: &Connector) -> postroom_client::Result<
     for priority in Priority::ALL {
         QueueSpec::new(priority.queue())
             .retry(Duration::from_millis(100), 2.0, Duration::from_secs(1))
+            .quorum() // RabbitMQ honours x-delivery-limit only on quorum queues
             .delivery_limit(DELIVERY_LIMIT)
             .dead_letter(DEAD_LETTER_EXCHANGE, Some(DEAD_LETTER_QUEUE))
             .declare(&channel)
