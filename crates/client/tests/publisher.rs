@@ -26,6 +26,13 @@ async fn a_refused_publish_fails_and_the_next_one_goes_through() {
 }
 
 #[tokio::test]
+async fn a_refused_publish_does_not_fail_the_publishes_beside_it() {
+    let broker = TestBroker::start().await;
+    scenarios::a_refused_publish_does_not_fail_the_publishes_beside_it(&broker.url()).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn a_mandatory_message_with_no_route_is_reported_unroutable() {
     let broker = TestBroker::start().await;
     scenarios::a_mandatory_message_with_no_route_is_reported_unroutable(&broker.url()).await;
