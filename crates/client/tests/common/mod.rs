@@ -79,6 +79,18 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// As [`eventually`], for a condition that must await.
+pub async fn eventually_async<F: Future<Output = bool>>(
+    what: &str,
+    mut condition: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + WAIT;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "{what}: not true within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A worker running in the background, stopped through its shutdown signal.
 pub struct RunningWorker {
     pub stats: std::sync::Arc<postroom_client::WorkerStats>,
