@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use postroom_client::lapin::options::BasicGetOptions;
 use postroom_client::{Backoff, Connector, Envelope, PublishOptions, Publisher, PublisherConfig};
 use postroom_examples::auth::application::{BlacklistStore, StoreError};
 use postroom_examples::auth::schema::{ROUTING_KEY, TokenBlacklisted};
 use postroom_examples::auth::{self, DEAD_LETTER_QUEUE, EXCHANGE};
+
+use super::probe::get;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -88,18 +89,9 @@ pub async fn the_auth_worker_stores_retries_drops_and_dead_letters_as_the_seed_s
 
     let channel = connector.channel().await.unwrap();
     let mut dead = Vec::new();
-    while dead.len() < 2 {
-        assert!(Instant::now() < deadline, "dead-letter queue has {dead:?}");
-        match channel
-            .basic_get(DEAD_LETTER_QUEUE.into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
-            Some(message) => {
-                dead.push(String::from_utf8_lossy(&message.delivery.data).into_owned())
-            }
-            None => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
+    for _ in 0..2 {
+        let message = get(&channel, DEAD_LETTER_QUEUE).await;
+        dead.push(String::from_utf8_lossy(&message.delivery.data).into_owned());
     }
     dead.sort();
     assert_eq!(dead[0], "[1,2");
