@@ -13,47 +13,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use postroom_bus::{OutboxRelay, RelayConfig};
 use postroom_client::lapin::options::BasicGetOptions;
-use postroom_client::{
-    Backoff, Connector, Json, Publisher, PublisherConfig, QueueSpec, Worker, WorkerConfig, bind,
-};
+use postroom_client::{Backoff, Connector, QueueSpec, bind};
 use postroom_examples::allocation::domain::{Allocate, Allocated, CreateBatch, OrderLine};
-use postroom_examples::allocation::{self, AllocationService, BatchQuantityChanged};
+use postroom_examples::allocation::{self, BatchQuantityChanged};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     postroom_examples::init_tracing();
     let url = postroom_examples::broker_url();
     let connector = Arc::new(Connector::new(&url, Backoff::default())?.with_name("allocation"));
-    allocation::declare_topology(&connector).await?;
+    let dir = std::env::temp_dir().join(format!("postroom-allocation-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let running = allocation::start(Arc::clone(&connector), &dir.join("allocation.db")).await?;
+    let service = &running.service;
     // A downstream service's queue, to show what leaves the service.
     let channel = connector.channel().await?;
     QueueSpec::new("warehouse.line_allocated").declare(&channel).await?;
     bind(&channel, "warehouse.line_allocated", allocation::EXCHANGE, allocation::ALLOCATED_KEY)
         .await?;
-
-    let dir = std::env::temp_dir().join(format!("postroom-allocation-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let db = dir.join("allocation.db");
-    let publisher =
-        Arc::new(Publisher::new(Arc::clone(&connector), Json, PublisherConfig::default())?);
-    let relay = OutboxRelay::open(&db, Arc::clone(&publisher), RelayConfig::default())?;
-    let service = AllocationService::open(&db, Some(relay.waker()))?;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut relay_stop = stopped.clone();
-    let relay_task = tokio::spawn(relay.run(async move {
-        let _ = relay_stop.changed().await;
-    }));
-    let worker = Worker::new(
-        Arc::clone(&connector),
-        service.entrypoint(),
-        WorkerConfig::new(allocation::QUEUE),
-    )?;
-    let mut worker_stop = stopped.clone();
-    let worker_task = tokio::spawn(worker.run(async move {
-        let _ = worker_stop.changed().await;
-    }));
 
     let sku = format!("LAMP-{}", std::process::id());
     let (earlier, later) = (format!("{sku}-batch-1"), format!("{sku}-batch-2"));
@@ -73,7 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("order-1 allocated to {batch:?}");
 
     println!("warehouse: {earlier} now holds 5");
-    publisher.publish(&BatchQuantityChanged { batchref: earlier, qty: 5 }).await?;
+    running.publisher.publish(&BatchQuantityChanged { batchref: earlier, qty: 5 }).await?;
 
     for _ in 0..2 {
         let event = loop {
@@ -94,10 +72,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("order-1 is now in {:?}", service.allocation_of("order-1", &sku).await?);
 
-    stop.send(true)?;
-    worker_task.await??;
-    relay_task.await?;
-    publisher.close().await;
+    running.stop().await?;
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

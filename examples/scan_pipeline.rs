@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postroom_client::lapin::options::BasicGetOptions;
-use postroom_client::{
-    Backoff, Connector, Json, MemoryProcessedStore, Publisher, PublisherConfig, QueueSpec, bind,
-};
+use postroom_client::{QueueSpec, bind};
 use postroom_examples::scan::classifier::FakeClassifier;
 use postroom_examples::scan::{self, Priority, ScanCompleted, ScanRequested};
 
@@ -23,40 +21,11 @@ use postroom_examples::scan::{self, Priority, ScanCompleted, ScanRequested};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     postroom_examples::init_tracing();
     let url = postroom_examples::broker_url();
-    let connector = Arc::new(Connector::new(&url, Backoff::default())?.with_name("scan-api"));
-    scan::declare_topology(&connector).await?;
-    let channel = connector.channel().await?;
+    let classifier = Arc::new(FakeClassifier::new(Duration::from_millis(20)));
+    let running = scan::start(&url, classifier, 2).await?;
+    let channel = running.connector.channel().await?;
     QueueSpec::new("analytics.scan_results").declare(&channel).await?;
     bind(&channel, "analytics.scan_results", scan::RESULTS_EXCHANGE, "").await?;
-
-    let publisher = Arc::new(Publisher::new(
-        Arc::clone(&connector),
-        Json,
-        PublisherConfig { source: Some("scan-api".into()), ..PublisherConfig::default() },
-    )?);
-    let classifier = Arc::new(FakeClassifier::new(Duration::from_millis(20)));
-    let processed = Arc::new(MemoryProcessedStore::new());
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut workers = Vec::new();
-    let mut connectors = Vec::new();
-    for priority in Priority::ALL {
-        for _ in 0..2 {
-            // One connection per competing consumer, as separate processes would have.
-            let worker_connector = Arc::new(Connector::new(&url, Backoff::default())?);
-            connectors.push(Arc::clone(&worker_connector));
-            let worker = scan::build_worker(
-                worker_connector,
-                priority,
-                Arc::clone(&classifier),
-                Arc::clone(&publisher),
-                Arc::clone(&processed),
-            )?;
-            let mut stopped = stopped.clone();
-            workers.push(tokio::spawn(worker.run(async move {
-                let _ = stopped.changed().await;
-            })));
-        }
-    }
 
     let images =
         ["bottle.png", "can.png", "flaky/box.png", "corrupt.png", "down/cup.png", "paper.png"];
@@ -67,7 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             image_url: format!("s3://scans/{image}"),
             priority,
         };
-        let envelope = publisher.publish(&request).await?;
+        let envelope = running.publisher.publish(&request).await?;
         println!("requested {} ({priority:?}) as message {}", request.task_id, envelope.message_id);
     }
 
@@ -101,13 +70,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             None => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
-    stop.send(true)?;
-    for worker in workers {
-        worker.await??;
-    }
-    for connector in connectors {
-        connector.close().await;
-    }
-    publisher.close().await;
+    running.stop().await?;
     Ok(())
 }

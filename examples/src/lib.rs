@@ -1,5 +1,6 @@
-//! The seed scenarios on the Postroom SDK. Each scenario is a library module (so that tests
-//! drive it against a real broker) plus a runnable composition root in `examples/`.
+//! The seed scenarios on the Postroom SDK. Each scenario is a library module, composition
+//! root included (`allocation::start`, `scan::start`, `auth::build_worker`), so that the
+//! runnable example in `examples/` and the tests in `examples/tests/` wire it the same way.
 //!
 //! Layout:
 //! - [`auth`]: the clean-architecture auth worker (token-blacklist events → handler →
@@ -12,6 +13,21 @@
 pub mod allocation;
 pub mod auth;
 pub mod scan;
+
+/// Why an example's composition root could not start, or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExampleError {
+    /// The broker refused or could not be reached.
+    #[error("broker")]
+    Broker(#[from] postroom_client::Error),
+    /// The bus or its database failed.
+    #[error("message bus")]
+    Bus(#[from] postroom_bus::BusError),
+    /// A worker or relay task panicked.
+    #[error("task")]
+    Task(#[from] tokio::task::JoinError),
+}
 
 /// The broker the examples connect to: `POSTROOM_URL`, default a local `postroom serve`.
 ///

@@ -1,6 +1,6 @@
 //! The example scenarios against RabbitMQ, when `rabbitmq-server` is installed (skipped with
 //! a message otherwise): the same topologies (retry arguments are ignored there, the
-//! delivery limit needs the quorum queues `QueueSpec::delivery_limit` declares) and the
+//! delivery limit needs the quorum queues the examples declare with `QueueSpec::quorum`) and the
 //! same expectations.
 
 #[path = "../../crates/client/tests/common/external.rs"]

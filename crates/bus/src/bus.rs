@@ -43,7 +43,8 @@ pub trait CommandHandler<C: Command, U>: Send + Sync + 'static {
     /// count).
     ///
     /// # Errors
-    /// Whatever the use case reports ([`BusError::handler`]).
+    /// Whatever the use case reports ([`BusError::handler`]); the bus then rolls back the
+    /// work left uncommitted.
     fn handle(
         &self,
         command: C,
@@ -74,7 +75,8 @@ pub trait EventHandler<E: Event, U>: Send + Sync + 'static {
     /// events.
     ///
     /// # Errors
-    /// Logged by the bus; the other handlers still run.
+    /// Logged by the bus, which rolls back the handler's uncommitted work; the other
+    /// handlers still run.
     fn handle(&self, event: &E, uow: &mut U) -> impl Future<Output = Result<(), BusError>> + Send;
 }
 
@@ -273,6 +275,9 @@ impl<U: UnitOfWork + 'static> MessageBus<U> {
     /// An event handler's failure is logged and does not stop the others: the command's work
     /// is committed by then.
     ///
+    /// A handler that fails (returns `Err`) has its uncommitted work rolled back by the bus,
+    /// so an early return with `?` after `begin` leaves no transaction open.
+    ///
     /// ```
     /// # use postroom_bus::*;
     /// # #[derive(Debug)] struct Ship;
@@ -295,7 +300,13 @@ impl<U: UnitOfWork + 'static> MessageBus<U> {
         uow: &mut U,
     ) -> Result<C::Output, BusError> {
         let handler = self.commands.get(&TypeId::of::<C>()).ok_or(BusError::NoHandler(C::NAME))?;
-        let output = handler.call(Box::new(command), uow).await?;
+        let output = match handler.call(Box::new(command), uow).await {
+            Ok(output) => output,
+            Err(error) => {
+                abandon(uow, C::NAME).await;
+                return Err(error);
+            }
+        };
         let output = output
             .downcast::<C::Output>()
             .map_err(|_| BusError::UnitOfWork("command output of the wrong type"))?;
@@ -345,7 +356,17 @@ impl<U: UnitOfWork + 'static> MessageBus<U> {
         for handler in handlers {
             if let Err(error) = handler.call(event, uow).await {
                 tracing::error!(event = event.name(), %error, "event handler failed");
+                abandon(uow, event.name()).await;
             }
         }
+    }
+}
+
+/// Rolls back whatever work a failed handler left open. A handler that returns early with
+/// `?` after beginning its work would otherwise leave the transaction open, and every later
+/// `begin` on a long-lived unit of work would fail.
+async fn abandon<U: UnitOfWork>(uow: &mut U, what: &str) {
+    if let Err(error) = uow.rollback().await {
+        tracing::error!(handler_of = what, %error, "rolling back a failed handler's work failed");
     }
 }

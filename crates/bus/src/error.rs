@@ -36,6 +36,9 @@ pub enum BusError {
     /// The unit of work was used out of order (e.g. commit without a transaction).
     #[error("unit of work: {0}")]
     UnitOfWork(&'static str),
+    /// A setting cannot work (e.g. a relay given a publisher without confirms).
+    #[error("invalid configuration: {0}")]
+    Config(String),
     /// Publishing to the broker failed.
     #[error("publishing to the broker failed")]
     Publish(#[source] postroom_client::Error),

@@ -5,6 +5,11 @@
 //! Each row keeps the envelope it will be published with (message id, correlation and
 //! causation ids, trace context), so a row published twice (a crash between the broker's
 //! confirm and the row's `sent_at`) carries the same `message_id` both times.
+//!
+//! A row the broker keeps refusing is *parked* (`parked_at`): it and every later row of
+//! its aggregate stop going out, so that one poison row neither blocks the other aggregates
+//! nor lets its own aggregate's events overtake it. [`parked`] lists them and [`unpark`]
+//! sends one (and its aggregate) on again once the cause is fixed.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,10 +36,21 @@ CREATE TABLE IF NOT EXISTS postroom_outbox (
     created_at     INTEGER NOT NULL,
     sent_at        INTEGER,
     attempts       INTEGER NOT NULL DEFAULT 0,
-    last_error     TEXT
+    last_error     TEXT,
+    parked_at      INTEGER
 );
 CREATE INDEX IF NOT EXISTS postroom_outbox_unsent ON postroom_outbox (id) WHERE sent_at IS NULL;
 ";
+
+/// Added after the first release: databases created before it get the column by migration.
+const PARKED: &str = "
+CREATE INDEX IF NOT EXISTS postroom_outbox_parked ON postroom_outbox (aggregate_id)
+    WHERE parked_at IS NOT NULL AND sent_at IS NULL;
+";
+
+/// AMQP short strings (exchange, routing key, `type` and `content_type` properties) hold at
+/// most this many bytes.
+const SHORT_STRING_MAX: usize = 255;
 
 /// Opens (creating if needed) a SQLite database for an application with an outbox: WAL
 /// journal (so the relay reads while the application writes), a 5 s busy timeout, and the
@@ -70,6 +86,15 @@ pub fn open(path: &Path) -> Result<Connection, BusError> {
 /// [`BusError::Database`].
 pub fn create_schema(connection: &Connection) -> Result<(), BusError> {
     connection.execute_batch(SCHEMA)?;
+    let has_parked: bool = connection.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('postroom_outbox') WHERE name = 'parked_at'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_parked {
+        connection.execute_batch("ALTER TABLE postroom_outbox ADD COLUMN parked_at INTEGER")?;
+    }
+    connection.execute_batch(PARKED)?;
     Ok(())
 }
 
@@ -94,12 +119,30 @@ pub fn create_schema(connection: &Connection) -> Result<(), BusError> {
 /// ```
 ///
 /// # Errors
-/// [`BusError::Database`].
+/// [`BusError::Encode`] when a field cannot travel in AMQP (an exchange, routing key, type
+/// or content type over 255 bytes): refused here, in the application's transaction, rather
+/// than written as a row that no publish could ever send. [`BusError::Database`].
 pub fn append(
     connection: &Connection,
     event: &ExternalEvent,
     cause: Option<&Envelope>,
 ) -> Result<String, BusError> {
+    for (field, value) in [
+        ("exchange", &event.exchange),
+        ("routing key", &event.routing_key),
+        ("message type", &event.message_type),
+        ("content type", &event.content_type),
+    ] {
+        if value.len() > SHORT_STRING_MAX {
+            return Err(BusError::Encode {
+                message_type: event.message_type.chars().take(64).collect(),
+                message: format!(
+                    "its {field} is {} bytes; AMQP allows at most {SHORT_STRING_MAX}",
+                    value.len()
+                ),
+            });
+        }
+    }
     let envelope = match cause {
         Some(cause) => Envelope::caused_by(cause),
         None => Envelope::new(),
@@ -165,6 +208,8 @@ pub struct OutboxRecord {
     pub created_at: u64,
     /// Failed publish attempts so far.
     pub attempts: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
 }
 
 impl OutboxRecord {
@@ -195,7 +240,8 @@ impl OutboxRecord {
     }
 }
 
-/// Up to `limit` unsent records, oldest first.
+/// Up to `limit` records to publish, oldest first: unsent, not parked, and not of an
+/// aggregate with a parked record (those wait for [`unpark`]).
 ///
 /// ```
 /// let connection = rusqlite::Connection::open_in_memory().unwrap();
@@ -216,9 +262,53 @@ impl OutboxRecord {
 pub fn unsent(connection: &Connection, limit: usize) -> Result<Vec<OutboxRecord>, BusError> {
     let mut statement = connection.prepare_cached(
         "SELECT id, message_id, aggregate_id, exchange, routing_key, message_type, content_type,
-                correlation_id, causation_id, traceparent, payload, created_at, attempts
-         FROM postroom_outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?1",
+                correlation_id, causation_id, traceparent, payload, created_at, attempts,
+                last_error
+         FROM postroom_outbox
+         WHERE sent_at IS NULL AND parked_at IS NULL
+           AND aggregate_id NOT IN (SELECT aggregate_id FROM postroom_outbox
+                                    WHERE parked_at IS NOT NULL AND sent_at IS NULL)
+         ORDER BY id LIMIT ?1",
     )?;
+    records(&mut statement, limit)
+}
+
+/// The parked records, oldest first: each stops its aggregate until [`unpark`]ed.
+///
+/// ```
+/// let connection = rusqlite::Connection::open_in_memory().unwrap();
+/// postroom_bus::outbox::create_schema(&connection).unwrap();
+/// # let event = postroom_bus::ExternalEvent::json(&Ping, "agg-1").unwrap();
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Ping;
+/// # impl postroom_client::Message for Ping {
+/// #     const EXCHANGE: &'static str = "e"; const MESSAGE_TYPE: &'static str = "ping";
+/// #     fn routing_key(&self) -> std::borrow::Cow<'_, str> { "k".into() }
+/// # }
+/// postroom_bus::outbox::append(&connection, &event, None).unwrap();
+/// let record = postroom_bus::outbox::unsent(&connection, 1).unwrap().remove(0);
+/// postroom_bus::outbox::park(&connection, record.id, "404 no exchange 'e'").unwrap();
+/// let parked = postroom_bus::outbox::parked(&connection, 10).unwrap();
+/// assert_eq!(parked[0].last_error.as_deref(), Some("404 no exchange 'e'"));
+/// assert!(postroom_bus::outbox::unsent(&connection, 10).unwrap().is_empty());
+/// ```
+///
+/// # Errors
+/// [`BusError::Database`].
+pub fn parked(connection: &Connection, limit: usize) -> Result<Vec<OutboxRecord>, BusError> {
+    let mut statement = connection.prepare_cached(
+        "SELECT id, message_id, aggregate_id, exchange, routing_key, message_type, content_type,
+                correlation_id, causation_id, traceparent, payload, created_at, attempts,
+                last_error
+         FROM postroom_outbox WHERE sent_at IS NULL AND parked_at IS NOT NULL
+         ORDER BY id LIMIT ?1",
+    )?;
+    records(&mut statement, limit)
+}
+
+fn records(
+    statement: &mut rusqlite::CachedStatement<'_>,
+    limit: usize,
+) -> Result<Vec<OutboxRecord>, BusError> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = statement.query_map([limit], |row| {
         Ok(OutboxRecord {
@@ -235,6 +325,7 @@ pub fn unsent(connection: &Connection, limit: usize) -> Result<Vec<OutboxRecord>
             payload: row.get(10)?,
             created_at: u64::try_from(row.get::<_, i64>(11)?).unwrap_or(0),
             attempts: row.get(12)?,
+            last_error: row.get(13)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -294,7 +385,67 @@ pub fn mark_failed(connection: &Connection, id: i64, error: &str) -> Result<(), 
     Ok(())
 }
 
-/// How many records wait to be published.
+/// Parks a record after a failed publish: it, and every later record of its aggregate, stop
+/// going out until [`unpark`]ed.
+///
+/// ```
+/// let connection = rusqlite::Connection::open_in_memory().unwrap();
+/// postroom_bus::outbox::create_schema(&connection).unwrap();
+/// # let event = postroom_bus::ExternalEvent::json(&Ping, "agg-1").unwrap();
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Ping;
+/// # impl postroom_client::Message for Ping {
+/// #     const EXCHANGE: &'static str = "e"; const MESSAGE_TYPE: &'static str = "ping";
+/// #     fn routing_key(&self) -> std::borrow::Cow<'_, str> { "k".into() }
+/// # }
+/// postroom_bus::outbox::append(&connection, &event, None).unwrap();
+/// let record = postroom_bus::outbox::unsent(&connection, 1).unwrap().remove(0);
+/// postroom_bus::outbox::park(&connection, record.id, "unroutable").unwrap();
+/// assert_eq!(postroom_bus::outbox::parked(&connection, 10).unwrap()[0].attempts, 1);
+/// ```
+///
+/// # Errors
+/// [`BusError::Database`].
+pub fn park(connection: &Connection, id: i64, error: &str) -> Result<(), BusError> {
+    connection.execute(
+        "UPDATE postroom_outbox SET attempts = attempts + 1, last_error = ?2, parked_at = ?3
+         WHERE id = ?1",
+        params![id, error, now_seconds()],
+    )?;
+    Ok(())
+}
+
+/// Sends a parked record (and so its aggregate) on again, with its attempts reset: for
+/// when the cause is fixed (the exchange declared, a queue bound). Returns whether the
+/// record was parked.
+///
+/// ```
+/// let connection = rusqlite::Connection::open_in_memory().unwrap();
+/// postroom_bus::outbox::create_schema(&connection).unwrap();
+/// # let event = postroom_bus::ExternalEvent::json(&Ping, "agg-1").unwrap();
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Ping;
+/// # impl postroom_client::Message for Ping {
+/// #     const EXCHANGE: &'static str = "e"; const MESSAGE_TYPE: &'static str = "ping";
+/// #     fn routing_key(&self) -> std::borrow::Cow<'_, str> { "k".into() }
+/// # }
+/// postroom_bus::outbox::append(&connection, &event, None).unwrap();
+/// let record = postroom_bus::outbox::unsent(&connection, 1).unwrap().remove(0);
+/// postroom_bus::outbox::park(&connection, record.id, "unroutable").unwrap();
+/// assert!(postroom_bus::outbox::unpark(&connection, record.id).unwrap());
+/// assert_eq!(postroom_bus::outbox::unsent(&connection, 10).unwrap()[0].attempts, 0);
+/// ```
+///
+/// # Errors
+/// [`BusError::Database`].
+pub fn unpark(connection: &Connection, id: i64) -> Result<bool, BusError> {
+    let changed = connection.execute(
+        "UPDATE postroom_outbox SET parked_at = NULL, attempts = 0
+         WHERE id = ?1 AND parked_at IS NOT NULL AND sent_at IS NULL",
+        [id],
+    )?;
+    Ok(changed > 0)
+}
+
+/// How many records wait to be published (parked ones and their aggregates' included).
 ///
 /// ```
 /// let connection = rusqlite::Connection::open_in_memory().unwrap();
@@ -402,6 +553,62 @@ mod tests {
         assert_eq!(next.len(), 4);
         assert_eq!((next[0].payload.as_slice(), next[0].attempts), (&b"1"[..], 1));
         assert_eq!(unsent_count(&connection).unwrap(), 4);
+    }
+
+    // Regression: an over-long routing key was written, and its row failed every publish
+    // for ever (AMQP short strings hold 255 bytes).
+    #[test]
+    fn an_event_that_cannot_travel_in_amqp_is_refused_at_append() {
+        let connection = memory();
+        let mut long = event("a", "x");
+        long.routing_key = "k".repeat(256);
+        let refused = append(&connection, &long, None);
+        assert!(
+            matches!(&refused, Err(BusError::Encode { message, .. }) if message.contains("routing key is 256 bytes")),
+            "{refused:?}"
+        );
+        long.routing_key = "k".repeat(255);
+        append(&connection, &long, None).unwrap();
+        assert_eq!(unsent_count(&connection).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_parked_record_stops_its_aggregate_until_unparked() {
+        let connection = memory();
+        for (aggregate, body) in [("a", "a1"), ("b", "b1"), ("a", "a2")] {
+            append(&connection, &event(aggregate, body), None).unwrap();
+        }
+        let first = unsent(&connection, 10).unwrap();
+        park(&connection, first[0].id, "404").unwrap();
+        let bodies = |records: Vec<OutboxRecord>| -> Vec<Vec<u8>> {
+            records.into_iter().map(|record| record.payload).collect()
+        };
+        assert_eq!(bodies(unsent(&connection, 10).unwrap()), [b"b1".to_vec()]);
+        assert_eq!(bodies(parked(&connection, 10).unwrap()), [b"a1".to_vec()]);
+        assert!(unpark(&connection, first[0].id).unwrap());
+        assert!(!unpark(&connection, first[0].id).unwrap(), "no longer parked");
+        assert_eq!(
+            bodies(unsent(&connection, 10).unwrap()),
+            [b"a1".to_vec(), b"b1".to_vec(), b"a2".to_vec()]
+        );
+    }
+
+    #[test]
+    fn a_database_from_before_parking_gets_the_column() {
+        let connection = Connection::open_in_memory().unwrap();
+        connection
+            .execute_batch(
+                &SCHEMA.replace(
+                    "last_error     TEXT,\n    parked_at      INTEGER",
+                    "last_error     TEXT",
+                ),
+            )
+            .unwrap();
+        append(&connection, &event("a", "old"), None).unwrap();
+        assert!(unsent(&connection, 10).is_err(), "the old table has no parked_at");
+        create_schema(&connection).unwrap();
+        append(&connection, &event("a", "new"), None).unwrap();
+        assert_eq!(unsent(&connection, 10).unwrap().len(), 2);
     }
 
     #[test]

@@ -219,19 +219,35 @@ impl SqliteUnitOfWork {
     /// Opens the transaction (`BEGIN IMMEDIATE`: the write lock is taken now, so the commit
     /// cannot fail on a busy database after the work is done).
     ///
+    /// A transaction still open from earlier work, neither committed nor rolled back (its
+    /// handler panicked, or returned early outside a bus that rolls back), is rolled back
+    /// first with a warning: that work was abandoned, and keeping it open would make every
+    /// later `begin` on a long-lived unit of work fail.
+    ///
     /// ```
+    /// use postroom_bus::{SqliteUnitOfWork, UnitOfWork};
+    /// # futures_lite::future::block_on(async {
     /// let connection = rusqlite::Connection::open_in_memory().unwrap();
     /// postroom_bus::outbox::create_schema(&connection).unwrap();
-    /// let mut uow = postroom_bus::SqliteUnitOfWork::from_connection(connection);
+    /// connection.execute_batch("CREATE TABLE t (n INTEGER)").unwrap();
+    /// let mut uow = SqliteUnitOfWork::from_connection(connection);
     /// uow.begin().unwrap();
-    /// assert!(uow.begin().is_err(), "one transaction at a time");
+    /// uow.connection().execute("INSERT INTO t VALUES (1)", []).unwrap();
+    /// uow.begin().unwrap(); // the abandoned insert is rolled back
+    /// uow.commit().await.unwrap();
+    /// let rows: i64 = uow.connection().query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)).unwrap();
+    /// assert_eq!(rows, 0);
+    /// # });
     /// ```
     ///
     /// # Errors
-    /// [`BusError::UnitOfWork`] when a transaction is already open; [`BusError::Database`].
+    /// [`BusError::Database`].
     pub fn begin(&mut self) -> Result<(), BusError> {
         if self.open {
-            return Err(BusError::UnitOfWork("a transaction is already open"));
+            tracing::warn!("rolling back a transaction left open by abandoned work");
+            self.open = false;
+            self.pending.clear();
+            self.connection.execute_batch("ROLLBACK")?;
         }
         self.connection.execute_batch("BEGIN IMMEDIATE")?;
         self.open = true;

@@ -247,3 +247,144 @@ async fn a_running_relay_is_woken_by_a_commit() {
     publisher.close().await;
     broker.stop().await;
 }
+
+// Regression: a publisher without confirms was accepted, and every row it "published" was
+// marked sent without the broker's word that it took it.
+#[tokio::test]
+async fn a_relay_refuses_a_publisher_without_confirms() {
+    let dir = tempfile::tempdir().unwrap();
+    let connector =
+        Arc::new(Connector::new("amqp://guest:guest@127.0.0.1:1/%2f", Backoff::default()).unwrap());
+    let config = PublisherConfig { confirms: false, ..PublisherConfig::default() };
+    let publisher = Arc::new(Publisher::new(connector, Json, config).unwrap());
+    let refused = OutboxRelay::open(&dir.path().join("app.db"), publisher, RelayConfig::default());
+    assert!(matches!(&refused, Err(BusError::Config(reason)) if reason.contains("confirms")));
+}
+
+// Regression: a row whose event no queue took was confirmed by the broker and marked sent,
+// so the event was lost without a trace.
+#[tokio::test]
+async fn an_event_no_queue_takes_is_not_marked_sent() {
+    let broker = TestBroker::start().await;
+    let (_connection, channel) = raw_channel(&broker.url()).await;
+    ExchangeSpec::topic("stock").declare(&channel).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let mut uow = open_app_db(&db);
+    change_stock(&mut uow, "LAMP", 1).await;
+    let publisher =
+        Arc::new(Publisher::connect(&broker.url(), PublisherConfig::default()).await.unwrap());
+    let relay = OutboxRelay::open(&db, Arc::clone(&publisher), RelayConfig::default()).unwrap();
+    let failed = relay.relay_once().await;
+    assert!(
+        matches!(&failed, Err(BusError::Publish(postroom_client::Error::Unroutable { .. }))),
+        "{failed:?}"
+    );
+    assert_eq!(outbox::unsent_count(uow.connection()).unwrap(), 1);
+
+    // Once a queue is bound, the row goes out.
+    QueueSpec::new("stock-events").declare(&channel).await.unwrap();
+    bind(&channel, "stock-events", "stock", "stock.#").await.unwrap();
+    assert_eq!(relay.relay_once().await.unwrap(), 1);
+    assert_eq!(take(&channel, 1).await[0].0.version, 1);
+    publisher.close().await;
+    broker.stop().await;
+}
+
+/// Writes `event` for `aggregate` to the outbox, to `exchange`.
+fn append_to(db: &std::path::Path, exchange: &str, aggregate: &str, version: u32) {
+    let connection = outbox::open(db).unwrap();
+    let mut event =
+        ExternalEvent::json(&StockChanged { sku: aggregate.into(), version }, aggregate).unwrap();
+    event.exchange = exchange.into();
+    outbox::append(&connection, &event, None).unwrap();
+}
+
+// Regression: one row the broker refused (here a missing exchange, 404) stopped the relay at
+// that row for ever, so no event of any aggregate left the service again.
+#[tokio::test]
+async fn a_refused_row_holds_back_only_its_aggregate_and_is_parked_after_its_attempts() {
+    let broker = TestBroker::start().await;
+    declare(&broker.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    append_to(&db, "stock-v2", "LAMP", 1); // poison until stock-v2 exists
+    append_to(&db, "stock", "LAMP", 2);
+    append_to(&db, "stock", "RUG", 1);
+    append_to(&db, "stock", "RUG", 2);
+    let publisher =
+        Arc::new(Publisher::connect(&broker.url(), PublisherConfig::default()).await.unwrap());
+    let config = RelayConfig { park_after: 2, ..RelayConfig::default() };
+    let relay = OutboxRelay::open(&db, Arc::clone(&publisher), config).unwrap();
+    let connection = outbox::open(&db).unwrap();
+
+    assert!(relay.relay_once().await.is_err(), "LAMP's first row was refused");
+    let (_connection, channel) = raw_channel(&broker.url()).await;
+    let rugs: Vec<_> = take(&channel, 2).await.into_iter().map(|(event, _)| event).collect();
+    assert_eq!(
+        rugs,
+        [
+            StockChanged { sku: "RUG".into(), version: 1 },
+            StockChanged { sku: "RUG".into(), version: 2 }
+        ]
+    );
+    assert!(outbox::parked(&connection, 10).unwrap().is_empty(), "one attempt so far");
+
+    assert!(relay.relay_once().await.is_err(), "refused again");
+    let parked = outbox::parked(&connection, 10).unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].attempts, 2);
+    assert!(parked[0].last_error.as_deref().unwrap().contains("NOT_FOUND"), "{parked:?}");
+    // Parked: the relay no longer tries LAMP, and LAMP's second event does not overtake it.
+    assert_eq!(relay.relay_once().await.unwrap(), 0);
+    common_assert_empty(&channel).await;
+    assert_eq!(outbox::unsent_count(&connection).unwrap(), 2);
+
+    // The exchange appears; unparked, LAMP's events go out in order.
+    ExchangeSpec::topic("stock-v2").declare(&channel).await.unwrap();
+    bind(&channel, "stock-events", "stock-v2", "stock.#").await.unwrap();
+    assert!(outbox::unpark(&connection, parked[0].id).unwrap());
+    assert_eq!(relay.relay_once().await.unwrap(), 2);
+    let lamps: Vec<u32> =
+        take(&channel, 2).await.into_iter().map(|(event, _)| event.version).collect();
+    assert_eq!(lamps, [1, 2]);
+    publisher.close().await;
+    broker.stop().await;
+}
+
+// A row that can never be sent (written before append checked lengths, or by another
+// writer) is parked at once rather than tried `park_after` times.
+#[tokio::test]
+async fn a_row_that_can_never_be_sent_is_parked_at_once() {
+    let broker = TestBroker::start().await;
+    declare(&broker.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    append_to(&db, "stock", "LAMP", 1);
+    append_to(&db, "stock", "RUG", 1);
+    let connection = outbox::open(&db).unwrap();
+    let long_key = "k".repeat(300);
+    connection
+        .execute(
+            "UPDATE postroom_outbox SET routing_key = ?1 WHERE aggregate_id = 'LAMP'",
+            [&long_key],
+        )
+        .unwrap();
+    let publisher =
+        Arc::new(Publisher::connect(&broker.url(), PublisherConfig::default()).await.unwrap());
+    let relay = OutboxRelay::open(&db, Arc::clone(&publisher), RelayConfig::default()).unwrap();
+    assert!(relay.relay_once().await.is_err());
+    let parked = outbox::parked(&connection, 10).unwrap();
+    assert_eq!((parked.len(), parked[0].attempts), (1, 1));
+    let (_connection, channel) = raw_channel(&broker.url()).await;
+    assert_eq!(take(&channel, 1).await[0].0.sku, "RUG");
+    publisher.close().await;
+    broker.stop().await;
+}
+
+async fn common_assert_empty(channel: &Channel) {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let got =
+        channel.basic_get("stock-events".into(), BasicGetOptions { no_ack: true }).await.unwrap();
+    assert!(got.is_none(), "unexpected message in stock-events");
+}

@@ -22,7 +22,8 @@ pub enum Outcome {
     Completed(CommandResult),
     /// The handler panicked; the panic message.
     Panicked(String),
-    /// The handler ran past the per-message timeout and was cancelled.
+    /// The handler ran past the per-message timeout and was cancelled (and has stopped,
+    /// unless it blocked a thread; see [`ConsumerAdapter::process`]).
     TimedOut(Duration),
 }
 
@@ -148,6 +149,12 @@ impl<H: Handler> ConsumerAdapter<H> {
 
     /// Runs the handler on `message` in a new task. Must be called within a tokio runtime.
     ///
+    /// A handler still running at the timeout is cancelled, and `process` returns only once
+    /// it has stopped, so the requeue never races the handler. Cancelling takes effect at
+    /// the handler's next `.await`: blocking work (a CPU loop, a synchronous call) cannot be
+    /// cancelled, and after a 5 s grace the message is requeued while it still runs. Run
+    /// such work with `tokio::task::spawn_blocking` and keep it shorter than the timeout.
+    ///
     /// ```
     /// use std::time::Duration;
     /// use postroom_client::{ConsumerAdapter, Incoming, Outcome, handler_fn};
@@ -169,11 +176,30 @@ impl<H: Handler> ConsumerAdapter<H> {
             Ok(Err(_)) => Outcome::Panicked("handler task cancelled".into()),
             Err(_) => {
                 task.abort();
-                Outcome::TimedOut(self.timeout)
+                // The nack must not go out while the handler still runs, or its redelivery
+                // could be handled beside it. An aborted task stops at its next `.await`;
+                // one blocking a thread stops only when that code returns, so the wait is
+                // bounded.
+                match tokio::time::timeout(CANCEL_GRACE, &mut task).await {
+                    // It finished before the abort took hold: its result stands.
+                    Ok(Ok(result)) => Outcome::Completed(result),
+                    Ok(Err(_)) => Outcome::TimedOut(self.timeout),
+                    Err(_) => {
+                        tracing::error!(
+                            grace = ?CANCEL_GRACE,
+                            "a handler past its timeout did not stop when cancelled (blocking \
+                             code?); requeueing while it still runs"
+                        );
+                        Outcome::TimedOut(self.timeout)
+                    }
+                }
             }
         }
     }
 }
+
+/// How long a timed-out handler may take to stop once cancelled.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 fn panic_message(error: tokio::task::JoinError) -> String {
     let payload = error.into_panic();
@@ -260,6 +286,36 @@ mod tests {
         let outcome = adapter.process(Incoming::new(b"slow".to_vec())).await;
         assert_eq!(outcome, Outcome::TimedOut(Duration::from_millis(50)));
         assert_eq!(acknowledgement(&outcome), Acknowledgement::Requeue { after: None });
+    }
+
+    // Regression: the timeout was reported (and the message nacked) while the aborted
+    // handler could still run, so its redelivery could be handled beside it.
+    #[tokio::test]
+    async fn a_timed_out_handler_has_stopped_when_the_timeout_is_reported() {
+        /// Counts the handler runs still alive: incremented on entry, decremented on drop.
+        struct Alive(Arc<AtomicUsize>);
+        impl Drop for Alive {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let alive = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&alive);
+        let adapter = ConsumerAdapter::new(
+            handler_fn(move |_| {
+                let counter = Arc::clone(&counter);
+                async move {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let _alive = Alive(counter);
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    CommandResult::Success
+                }
+            }),
+            Duration::from_millis(50),
+        );
+        let outcome = adapter.process(Incoming::new(vec![])).await;
+        assert_eq!(outcome, Outcome::TimedOut(Duration::from_millis(50)));
+        assert_eq!(alive.load(Ordering::SeqCst), 0, "the handler still runs");
     }
 
     #[tokio::test]

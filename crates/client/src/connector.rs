@@ -34,19 +34,22 @@ pub struct Backoff {
     pub max: Duration,
     /// Random spread as a fraction of the delay (0 to 1).
     pub jitter: f64,
-    /// Attempts before giving up; `None` retries forever.
+    /// Attempts before giving up; `None` (the default) retries forever, as a long-running
+    /// worker should: a broker restart or an outage longer than the limit would otherwise
+    /// stop it for good.
     pub max_attempts: Option<u32>,
 }
 
 impl Default for Backoff {
-    /// 100 ms doubling to 10 s, ±10 %, 10 attempts (about 45 s in all).
+    /// 100 ms doubling to 10 s, ±10 %, retrying forever. Set `max_attempts` where a caller
+    /// must hear of an outage instead (e.g. `Some(10)`, about 45 s).
     fn default() -> Backoff {
         Backoff {
             initial: Duration::from_millis(100),
             multiplier: 2.0,
             max: Duration::from_secs(10),
             jitter: 0.1,
-            max_attempts: Some(10),
+            max_attempts: None,
         }
     }
 }
@@ -173,6 +176,9 @@ impl Connector {
     /// assert!(connection.status().connected());
     /// # Ok(()) }
     /// ```
+    ///
+    /// Waits as long as the broker stays unreachable when the backoff has no
+    /// `max_attempts` (the default).
     ///
     /// # Errors
     /// [`Error::Connect`] after `max_attempts` failures.

@@ -4,16 +4,20 @@
 //! One channel in confirm mode is shared by every caller (lapin channels are safe to use
 //! concurrently; each publish awaits its own confirm). The channel sits behind a
 //! `tokio::sync::Mutex` only while it is looked up or replaced, never during a publish.
+//! Shared channels are numbered, so a publish that failed on an old one never discards the
+//! one that replaced it. A publish whose shared channel the broker closed (its own fault or
+//! another's) tries once more on a channel of its own, closed after use.
 //!
 //! Delivery is at-least-once: when the connection drops between the publish and its confirm,
 //! the message is sent again on the new connection with the same `message_id`, so a queue with
 //! `x-message-deduplication` (or an idempotent receiver) drops the copy.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::AMQPValue;
+use lapin::types::{AMQPValue, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
 use tokio::sync::Mutex;
 
@@ -185,7 +189,10 @@ impl PublishOptions {
 /// ```
 pub struct Publisher<C: Codec = Json> {
     connector: Arc<Connector>,
-    channel: Mutex<Option<Channel>>,
+    channel: Mutex<Option<Shared>>,
+    /// Numbers the shared channels opened, so that a failure on an old one never discards a
+    /// newer one (after a reconnect, lapin numbers channels from 1 again).
+    opened: AtomicU64,
     codec: C,
     config: PublisherConfig,
 }
@@ -197,7 +204,9 @@ impl<C: Codec> std::fmt::Debug for Publisher<C> {
 }
 
 impl Publisher<Json> {
-    /// A JSON publisher with its own connection to `url` (default [`Backoff`]).
+    /// A JSON publisher with its own connection to `url`, with the default [`Backoff`] but
+    /// giving up after 10 attempts (about 45 s), so that a caller hears of an outage instead
+    /// of waiting for ever. Build the [`Connector`] yourself for another policy.
     ///
     /// ```no_run
     /// # async fn run() -> postroom_client::Result<()> {
@@ -210,7 +219,8 @@ impl Publisher<Json> {
     /// # Errors
     /// [`Error::Config`], or [`Error::Connect`] when the broker cannot be reached.
     pub async fn connect(url: &str, config: PublisherConfig) -> Result<Publisher<Json>> {
-        let connector = Arc::new(Connector::new(url, Backoff::default())?);
+        let backoff = Backoff { max_attempts: Some(10), ..Backoff::default() };
+        let connector = Arc::new(Connector::new(url, backoff)?);
         let publisher = Publisher::new(connector, Json, config)?;
         publisher.channel().await?;
         Ok(publisher)
@@ -236,7 +246,26 @@ impl<C: Codec> Publisher<C> {
         config: PublisherConfig,
     ) -> Result<Publisher<C>> {
         config.validate()?;
-        Ok(Publisher { connector, channel: Mutex::new(None), codec, config })
+        Ok(Publisher {
+            connector,
+            channel: Mutex::new(None),
+            opened: AtomicU64::new(0),
+            codec,
+            config,
+        })
+    }
+
+    /// The settings this publisher was built with.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use postroom_client::{Backoff, Connector, Json, Publisher, PublisherConfig};
+    /// let connector = Arc::new(Connector::new("amqp://127.0.0.1:5672/%2f", Backoff::default()).unwrap());
+    /// let publisher = Publisher::new(connector, Json, PublisherConfig::default()).unwrap();
+    /// assert!(publisher.config().confirms);
+    /// ```
+    pub fn config(&self) -> &PublisherConfig {
+        &self.config
     }
 
     /// The codec in use.
@@ -330,56 +359,105 @@ impl<C: Codec> Publisher<C> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let channel = self.channel().await?;
-            let sent = channel
-                .basic_publish(
+            let shared = self.channel().await?;
+            let sent = self
+                .publish_on(
+                    &shared.channel,
                     exchange.clone(),
                     routing_key.clone(),
-                    publish_options,
                     body,
-                    properties.clone(),
+                    &properties,
+                    publish_options,
                 )
                 .await;
-            let confirm = match sent {
-                Ok(confirm) => confirm,
-                Err(source) => {
-                    self.forget(&channel).await;
-                    if attempt < self.config.publish_attempts && self.connection_lost().await {
-                        tokio::time::sleep(self.connector.backoff().delay(attempt)).await;
-                        continue;
-                    }
-                    return Err(Error::Amqp { operation: "basic.publish", source });
+            let (operation, source) = match sent {
+                Ok(confirmation) => return self.confirmed(confirmation, envelope),
+                Err(PublishError::Timeout) => {
+                    return Err(Error::Timeout(self.config.confirm_timeout));
                 }
+                Err(PublishError::Failed { operation, source }) => (operation, source),
             };
-            if !self.config.confirms {
-                return Ok(());
+            self.forget(shared.number).await;
+            let lost = self.connection_lost().await;
+            if lost && attempt < self.config.publish_attempts {
+                tokio::time::sleep(self.connector.backoff().delay(attempt)).await;
+                continue;
             }
-            let confirmation =
-                match tokio::time::timeout(self.config.confirm_timeout, confirm).await {
-                    Err(_) => return Err(Error::Timeout(self.config.confirm_timeout)),
-                    Ok(Ok(confirmation)) => confirmation,
-                    Ok(Err(source)) => {
-                        self.forget(&channel).await;
-                        if attempt < self.config.publish_attempts && self.connection_lost().await {
-                            tokio::time::sleep(self.connector.backoff().delay(attempt)).await;
-                            continue;
-                        }
-                        return Err(Error::Amqp { operation: "confirm", source });
-                    }
-                };
-            return match confirmation {
-                Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-                Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
-                    Err(Error::Unroutable {
-                        message_id: envelope.message_id.clone(),
-                        reply_code: returned.reply_code,
-                        reply_text: returned.reply_text.to_string(),
-                    })
-                }
-                Confirmation::Nack(None) => {
-                    Err(Error::Nacked { message_id: envelope.message_id.clone() })
-                }
-            };
+            // The broker closed the shared channel on a live connection. The publish that
+            // caused it (say, to a missing exchange) and every other publish in flight on
+            // the channel see the same close. Each tries once more on a channel of its own,
+            // so that the culprit fails again there without taking anyone else's publish
+            // with it, and the others go through.
+            if !lost && !shared.channel.status().connected() {
+                let confirmation = self
+                    .publish_alone(&exchange, &routing_key, body, &properties, publish_options)
+                    .await?;
+                return self.confirmed(confirmation, envelope);
+            }
+            return Err(Error::Amqp { operation, source });
+        }
+    }
+
+    /// Sends one publish on `channel` and waits for its confirm (when confirms are on).
+    async fn publish_on(
+        &self,
+        channel: &Channel,
+        exchange: ShortString,
+        routing_key: ShortString,
+        body: &[u8],
+        properties: &BasicProperties,
+        options: BasicPublishOptions,
+    ) -> std::result::Result<Confirmation, PublishError> {
+        let confirm = channel
+            .basic_publish(exchange, routing_key, options, body, properties.clone())
+            .await
+            .map_err(|source| PublishError::Failed { operation: "basic.publish", source })?;
+        if !self.config.confirms {
+            return Ok(Confirmation::NotRequested);
+        }
+        match tokio::time::timeout(self.config.confirm_timeout, confirm).await {
+            Err(_) => Err(PublishError::Timeout),
+            Ok(Ok(confirmation)) => Ok(confirmation),
+            Ok(Err(source)) => Err(PublishError::Failed { operation: "confirm", source }),
+        }
+    }
+
+    /// Publishes on a channel opened for this message alone, then closes it.
+    async fn publish_alone(
+        &self,
+        exchange: &ShortString,
+        routing_key: &ShortString,
+        body: &[u8],
+        properties: &BasicProperties,
+        options: BasicPublishOptions,
+    ) -> Result<Confirmation> {
+        let channel = self.open_channel().await?;
+        let sent = self
+            .publish_on(&channel, exchange.clone(), routing_key.clone(), body, properties, options)
+            .await;
+        if channel.status().connected() {
+            // Closed after use either way; a failure to close leaves nothing to release.
+            let _ = channel.close(200, "done".into()).await;
+        }
+        sent.map_err(|error| match error {
+            PublishError::Timeout => Error::Timeout(self.config.confirm_timeout),
+            PublishError::Failed { operation, source } => Error::Amqp { operation, source },
+        })
+    }
+
+    fn confirmed(&self, confirmation: Confirmation, envelope: &Envelope) -> Result<()> {
+        match confirmation {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                Err(Error::Unroutable {
+                    message_id: envelope.message_id.clone(),
+                    reply_code: returned.reply_code,
+                    reply_text: returned.reply_text.to_string(),
+                })
+            }
+            Confirmation::Nack(None) => {
+                Err(Error::Nacked { message_id: envelope.message_id.clone() })
+            }
         }
     }
 
@@ -391,7 +469,7 @@ impl<C: Codec> Publisher<C> {
     /// # }
     /// ```
     pub async fn close(&self) {
-        if let Some(channel) = self.channel.lock().await.take()
+        if let Some(Shared { channel, .. }) = self.channel.lock().await.take()
             && channel.status().connected()
         {
             // A channel the broker already closed has nothing to release.
@@ -422,13 +500,22 @@ impl<C: Codec> Publisher<C> {
     }
 
     /// The shared channel, opened (and put in confirm mode) when missing or closed.
-    async fn channel(&self) -> Result<Channel> {
+    async fn channel(&self) -> Result<Shared> {
         let mut slot = self.channel.lock().await;
-        if let Some(channel) = slot.as_ref()
-            && channel.status().connected()
+        if let Some(shared) = slot.as_ref()
+            && shared.channel.status().connected()
         {
-            return Ok(channel.clone());
+            return Ok(shared.clone());
         }
+        let channel = self.open_channel().await?;
+        let number = self.opened.fetch_add(1, Ordering::Relaxed) + 1;
+        let shared = Shared { number, channel };
+        *slot = Some(shared.clone());
+        Ok(shared)
+    }
+
+    /// A new channel, in confirm mode when confirms are on.
+    async fn open_channel(&self) -> Result<Channel> {
         let channel = self.connector.channel().await?;
         if self.config.confirms {
             channel
@@ -436,13 +523,13 @@ impl<C: Codec> Publisher<C> {
                 .await
                 .map_err(Error::amqp("confirm.select"))?;
         }
-        *slot = Some(channel.clone());
         Ok(channel)
     }
 
-    async fn forget(&self, failed: &Channel) {
+    /// Drops the shared channel numbered `failed`, unless it was replaced already.
+    async fn forget(&self, failed: u64) {
         let mut slot = self.channel.lock().await;
-        if slot.as_ref().is_some_and(|channel| channel.id() == failed.id()) {
+        if slot.as_ref().is_some_and(|shared| shared.number == failed) {
             *slot = None;
         }
     }
@@ -452,4 +539,19 @@ impl<C: Codec> Publisher<C> {
     async fn connection_lost(&self) -> bool {
         !self.connector.is_connected().await
     }
+}
+
+/// The shared channel and its number (see `Publisher::opened`).
+#[derive(Clone)]
+struct Shared {
+    number: u64,
+    channel: Channel,
+}
+
+/// How one attempt at a publish failed.
+enum PublishError {
+    /// No confirm within `confirm_timeout`.
+    Timeout,
+    /// lapin failed the publish or its confirm.
+    Failed { operation: &'static str, source: lapin::Error },
 }

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 /// use postroom_client::QueueSpec;
 /// let queue = QueueSpec::new("scan.normal")
 ///     .retry(Duration::from_millis(500), 2.0, Duration::from_secs(30))
+///     .quorum()
 ///     .delivery_limit(3)
 ///     .dead_letter("scan.dlx", Some("scan.dead"));
 /// assert!(queue.arguments().inner().contains_key("x-retry-initial-delay"));
@@ -103,17 +104,28 @@ impl QueueSpec {
 
     /// `x-delivery-limit`: dead-letter a message returned more than `limit` times.
     ///
-    /// Also declares the queue `x-queue-type: quorum`, because RabbitMQ only accepts a
-    /// delivery limit on quorum queues (Postroom treats both types alike). A quorum queue
-    /// on RabbitMQ must be durable.
+    /// Postroom honours it on every queue. RabbitMQ honours it only on quorum queues (3.10
+    /// and later ignore it on classic queues): declare the queue [`quorum`](Self::quorum)
+    /// too when it must work there.
     ///
     /// ```
-    /// let queue = postroom_client::QueueSpec::new("jobs").delivery_limit(3);
-    /// assert!(queue.arguments().inner().contains_key("x-queue-type"));
+    /// let queue = postroom_client::QueueSpec::new("jobs").quorum().delivery_limit(3);
+    /// assert!(queue.arguments().inner().contains_key("x-delivery-limit"));
     /// ```
     pub fn delivery_limit(self, limit: u32) -> QueueSpec {
         self.argument("x-delivery-limit", AMQPValue::LongLongInt(i64::from(limit)))
-            .argument("x-queue-type", string("quorum"))
+    }
+
+    /// `x-queue-type: quorum`. RabbitMQ needs it for [`delivery_limit`](Self::delivery_limit)
+    /// (and for `x-delivery-count` on redeliveries); a quorum queue there must be durable and
+    /// cannot be [`transient`](Self::transient). Postroom treats both types alike.
+    ///
+    /// ```
+    /// let queue = postroom_client::QueueSpec::new("jobs").quorum();
+    /// assert!(queue.arguments().inner().contains_key("x-queue-type"));
+    /// ```
+    pub fn quorum(self) -> QueueSpec {
+        self.argument("x-queue-type", string("quorum"))
     }
 
     /// `x-dead-letter-exchange` (and `-routing-key`): where rejected, expired and
@@ -318,4 +330,23 @@ fn string(value: &str) -> AMQPValue {
 
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Regression: delivery_limit silently made the queue a quorum queue, which RabbitMQ
+    // refuses to redeclare over an existing classic queue (406) and refuses as transient.
+    #[test]
+    fn a_delivery_limit_leaves_the_queue_type_to_the_caller() {
+        let limited = QueueSpec::new("jobs").delivery_limit(3);
+        assert!(limited.arguments().inner().contains_key("x-delivery-limit"));
+        assert!(!limited.arguments().inner().contains_key("x-queue-type"));
+        let quorum = QueueSpec::new("jobs").quorum().delivery_limit(3);
+        assert!(matches!(
+            quorum.arguments().inner().get("x-queue-type"),
+            Some(AMQPValue::LongString(kind)) if kind.to_string() == "quorum"
+        ));
+    }
 }

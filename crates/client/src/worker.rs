@@ -1,15 +1,20 @@
 //! The worker: consumes a queue, runs each delivery through a [`ConsumerAdapter`] with a
 //! concurrency limit, applies the acknowledgement, and shuts down gracefully.
 //!
-//! Ownership: the `run` task owns the channel and the consumer; each delivery is handled in a
-//! task of a `JoinSet` holding a semaphore permit, and acknowledges through its own lapin
-//! `Acker`. Shutdown is a `watch` flag that cuts retry holds short.
+//! Ownership: the `run` task owns the consumer; each delivery is handled in a task of a
+//! `JoinSet` holding a semaphore permit and a share of its session's channel, and
+//! acknowledges through its own lapin `Acker`. A session's channel closes when the session
+//! has ended and its last delivery is settled (so a reconnect neither leaks channels nor
+//! cuts off the acknowledgements of messages still in flight). Shutdown is a `watch` flag
+//! that cuts retry holds short, and it ends every wait of `run` (connecting, consuming,
+//! backing off).
 //!
 //! Shutdown order: cancel the consumer (no new deliveries), wait for in-flight messages (at
 //! most the handler timeout plus a retry hold), then close the channel; deliveries the broker
 //! had already sent but no task had started are returned to the queue by the close.
 
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -257,7 +262,9 @@ impl<H: Handler> Worker<H> {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Connect`] when the broker stays unreachable; [`Error::Amqp`] when it refuses
+    /// [`Error::Connect`] when the broker stays unreachable past the connector's
+    /// `max_attempts` (never with the default [`Backoff`](crate::Backoff), which retries
+    /// forever); [`Error::Amqp`] when it refuses
     /// the consumer (e.g. `404`, no such queue).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
         let mut shutdown = pin!(shutdown);
@@ -265,7 +272,7 @@ impl<H: Handler> Worker<H> {
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
         let mut in_flight = JoinSet::new();
         let mut attempt = 0;
-        let mut open_channel = None;
+        let mut session: Option<Arc<SessionChannel>> = None;
         let result = 'sessions: loop {
             let channel = tokio::select! {
                 () = &mut shutdown => break Ok(()),
@@ -274,7 +281,10 @@ impl<H: Handler> Worker<H> {
                     Err(error) => break Err(error),
                 },
             };
-            open_channel = Some(channel.clone());
+            // The previous session's channel stays open while its deliveries are in flight
+            // (they acknowledge on it) and closes when the last of them lets go.
+            let current = Arc::new(SessionChannel(channel.clone()));
+            session = Some(Arc::clone(&current));
             let consumer = async {
                 channel
                     .basic_qos(self.config.prefetch, BasicQosOptions::default())
@@ -290,13 +300,19 @@ impl<H: Handler> Worker<H> {
                     .await
                     .map_err(Error::amqp("basic.consume"))
             };
-            let mut consumer = match consumer.await {
+            let consumer = tokio::select! {
+                () = &mut shutdown => break Ok(()),
+                consumer = consumer => consumer,
+            };
+            let mut consumer = match consumer {
                 Ok(consumer) => consumer,
                 Err(error) if self.connector.is_connected().await => break Err(error),
                 Err(error) => {
                     attempt += 1;
                     tracing::warn!(%error, "consume failed with the connection; reconnecting");
-                    tokio::time::sleep(self.connector.backoff().delay(attempt)).await;
+                    if self.back_off(attempt, &mut shutdown).await.is_break() {
+                        break Ok(());
+                    }
                     continue;
                 }
             };
@@ -331,23 +347,29 @@ impl<H: Handler> Worker<H> {
                         let stats = Arc::clone(&self.stats);
                         let hold = self.config.max_retry_hold;
                         let stopping = stopping.clone();
+                        let acked_on = Arc::clone(&current);
                         in_flight.spawn(async move {
                             let outcome = adapter.process(message).await;
                             settle(&acker, &outcome, hold, stopping, &stats).await;
+                            drop(acked_on);
                             drop(permit);
                         });
                     }
                     Some(Err(error)) => {
                         tracing::warn!(%error, "consumer failed; reconnecting");
                         attempt += 1;
-                        tokio::time::sleep(self.connector.backoff().delay(attempt)).await;
+                        if self.back_off(attempt, &mut shutdown).await.is_break() {
+                            break 'sessions Ok(());
+                        }
                         continue 'sessions;
                     }
                     None => {
                         // Cancelled by the broker (queue deleted, or the channel closed).
                         tracing::warn!(queue = %self.config.queue, "consumer cancelled by the broker; consuming again");
                         attempt += 1;
-                        tokio::time::sleep(self.connector.backoff().delay(attempt)).await;
+                        if self.back_off(attempt, &mut shutdown).await.is_break() {
+                            break 'sessions Ok(());
+                        }
                         continue 'sessions;
                     }
                 }
@@ -365,15 +387,50 @@ impl<H: Handler> Worker<H> {
                 "in-flight messages did not finish; abandoning them"
             );
             in_flight.abort_all();
+            while in_flight.join_next().await.is_some() {}
         }
-        if let Some(channel) = open_channel
-            && channel.status().connected()
+        if let Some(session) = session
+            && session.0.status().connected()
         {
             // Closing returns what the broker sent ahead but no task started.
-            let _ = channel.close(200, "worker stopped".into()).await;
+            let _ = session.0.close(200, "worker stopped".into()).await;
         }
         tracing::info!(queue = %self.config.queue, "worker stopped");
         result
+    }
+
+    /// Waits the backoff's delay before the next session, or until `shutdown` completes
+    /// (then `Break`).
+    async fn back_off(
+        &self,
+        attempt: u32,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> ControlFlow<()> {
+        tokio::select! {
+            () = shutdown.as_mut() => ControlFlow::Break(()),
+            () = tokio::time::sleep(self.connector.backoff().delay(attempt)) => ControlFlow::Continue(()),
+        }
+    }
+}
+
+/// A consuming session's channel, shared by the tasks handling its deliveries: they
+/// acknowledge on it, so it must stay open until the last of them is done, and no longer
+/// (each session opens a channel; one left open per reconnect would run into
+/// `channel_max`). The last holder to let go closes it.
+struct SessionChannel(lapin::Channel);
+
+impl Drop for SessionChannel {
+    fn drop(&mut self) {
+        if !self.0.status().connected() {
+            return;
+        }
+        let channel = self.0.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                // Already closing, or the connection went: nothing left to release.
+                let _ = channel.close(200, "session over".into()).await;
+            });
+        }
     }
 }
 
@@ -419,8 +476,15 @@ async fn settle(
         }
     };
     match sent {
-        Ok(_) => {
+        Ok(true) => {
             counter.fetch_add(1, Ordering::Relaxed);
+        }
+        // lapin answers `false` without sending when the delivery's channel has closed.
+        Ok(false) => {
+            stats.ack_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                "acknowledgement not sent: its channel closed; the broker will redeliver"
+            );
         }
         Err(error) => {
             stats.ack_failed.fetch_add(1, Ordering::Relaxed);

@@ -14,6 +14,7 @@ async fn the_sdk_scenarios_hold_against_rabbitmq() {
     eprintln!("RabbitMQ at {url}");
     scenarios::a_confirmed_publish_carries_the_envelope(&url).await;
     scenarios::a_refused_publish_fails_and_the_next_one_goes_through(&url).await;
+    scenarios::a_refused_publish_does_not_fail_the_publishes_beside_it(&url).await;
     scenarios::a_mandatory_message_with_no_route_is_reported_unroutable(&url).await;
     scenarios::extra_headers_and_priority_reach_the_consumer(&url).await;
     worker_scenarios::each_result_is_acknowledged_as_the_table_says(&url).await;

@@ -12,7 +12,8 @@ use std::time::Duration;
 use common::worker_scenarios::{self as scenarios, publisher, send};
 use common::{RunningWorker, eventually, get, raw_channel, ready_count};
 use postroom_client::{
-    CommandResult, Envelope, ExchangeSpec, Incoming, QueueSpec, WorkerConfig, bind, handler_fn,
+    Backoff, CommandResult, Connector, Envelope, ExchangeSpec, Incoming, QueueSpec, Worker,
+    WorkerConfig, bind, handler_fn,
 };
 use postroom_testkit::TestBroker;
 
@@ -69,6 +70,7 @@ async fn retries_back_off_on_the_queue_then_dead_letter_at_the_delivery_limit() 
     QueueSpec::new("flaky")
         .retry(Duration::from_millis(40), 2.0, Duration::from_millis(200))
         .retry_jitter(0.0)
+        .quorum()
         .delivery_limit(2)
         .dead_letter("dlx", Some("flaky.dead"))
         .declare(&channel)
@@ -189,6 +191,192 @@ async fn the_worker_resumes_consuming_after_the_broker_restarts() {
     eventually("second handled", || handled.load(Ordering::SeqCst) == 2).await;
     assert_eq!(ready_count(&channel, "resilient").await, 0);
     worker.stop().await.unwrap();
+    publisher.close().await;
+    broker.stop().await;
+}
+
+// Regression: the default backoff gave up after 10 attempts (about 45 s), so a worker
+// started before its broker, or outliving a longer outage, stopped for good.
+#[tokio::test]
+async fn by_default_a_worker_keeps_reconnecting_until_the_broker_is_back() {
+    let port = common::external::free_port();
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_path_buf();
+    let start = |data_dir: std::path::PathBuf| {
+        TestBroker::start_with(move |config| {
+            config.amqp_listen = listen;
+            config.data_dir = data_dir;
+        })
+    };
+    let broker = start(data_dir.clone()).await;
+    let url = broker.url();
+    QueueSpec::new("patient").declare(&raw_channel(&url).await.1).await.unwrap();
+    broker.stop().await;
+
+    let handled = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&handled);
+    let handler = handler_fn(move |_| {
+        let counter = Arc::clone(&counter);
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            CommandResult::Success
+        }
+    });
+    // The default limit, with short delays: ten attempts take a few tens of milliseconds.
+    let backoff = Backoff {
+        initial: Duration::from_millis(2),
+        max: Duration::from_millis(10),
+        ..Backoff::default()
+    };
+    let connector = Arc::new(Connector::new(&url, backoff).unwrap());
+    let worker = Worker::new(connector, handler, WorkerConfig::new("patient")).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!running.is_finished(), "the worker gave up while the broker was down");
+
+    let broker = start(data_dir).await;
+    let publisher = publisher(&url).await;
+    send(&publisher, "patient", b"x", Envelope::new()).await;
+    eventually("handled once the broker is back", || handled.load(Ordering::SeqCst) == 1).await;
+    stop.send(()).unwrap();
+    common::within("worker shutdown", running).await.unwrap().unwrap();
+    publisher.close().await;
+    broker.stop().await;
+}
+
+/// Waits until `queue` has `count` consumers.
+async fn consumers(channel: &postroom_client::lapin::Channel, queue: &str, count: u32) {
+    let passive = postroom_client::lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let declared = channel.queue_declare(queue.into(), passive, Default::default()).await;
+        if declared.is_ok_and(|queue| queue.consumer_count() == count) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{queue} never had {count} consumers");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// Each consuming session opens a channel; the worker must close each one once done with
+// it, or a worker whose consumer the broker keeps cancelling runs into channel_max. (lapin
+// already closed a channel when its last handle dropped; this guards the worker's own
+// bookkeeping of session channels.)
+#[tokio::test]
+async fn a_worker_whose_consumer_keeps_being_cancelled_does_not_run_out_of_channels() {
+    let broker = TestBroker::start_with(|config| config.channel_max = 4).await;
+    let url = broker.url();
+    let (_connection, channel) = raw_channel(&url).await;
+    QueueSpec::new("churn").declare(&channel).await.unwrap();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&handled);
+    let handler = handler_fn(move |_| {
+        let counter = Arc::clone(&counter);
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            CommandResult::Success
+        }
+    });
+    let backoff = Backoff { initial: Duration::from_millis(5), ..Backoff::default() };
+    let connector = Arc::new(Connector::new(&url, backoff).unwrap());
+    let worker = Worker::new(connector, handler, WorkerConfig::new("churn")).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async move {
+        let _ = stopped.await;
+    }));
+    for _ in 0..6 {
+        consumers(&channel, "churn", 1).await;
+        // Deleting the queue cancels the consumer; the worker consumes again once it is back.
+        channel.queue_delete("churn".into(), Default::default()).await.unwrap();
+        QueueSpec::new("churn").declare(&channel).await.unwrap();
+    }
+    consumers(&channel, "churn", 1).await;
+    let publisher = publisher(&url).await;
+    send(&publisher, "churn", b"x", Envelope::new()).await;
+    eventually("handled after the churn", || handled.load(Ordering::SeqCst) == 1).await;
+    stop.send(()).unwrap();
+    common::within("worker shutdown", running).await.unwrap().unwrap();
+    publisher.close().await;
+    broker.stop().await;
+}
+
+// Regression: the backoff sleeps between sessions ignored shutdown, so stopping a worker
+// whose consumer had just been cancelled took up to the backoff's longest delay.
+#[tokio::test]
+async fn shutdown_cuts_a_reconnect_wait_short() {
+    let broker = TestBroker::start().await;
+    let url = broker.url();
+    let (_connection, channel) = raw_channel(&url).await;
+    QueueSpec::new("waiting").declare(&channel).await.unwrap();
+    let backoff = Backoff {
+        initial: Duration::from_secs(60),
+        max: Duration::from_secs(60),
+        ..Backoff::default()
+    };
+    let connector = Arc::new(Connector::new(&url, backoff).unwrap());
+    let handler = handler_fn(|_| async { CommandResult::Success });
+    let worker = Worker::new(connector, handler, WorkerConfig::new("waiting")).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async move {
+        let _ = stopped.await;
+    }));
+    consumers(&channel, "waiting", 1).await;
+    channel.queue_delete("waiting".into(), Default::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await; // into the 60 s wait
+    let asked = std::time::Instant::now();
+    stop.send(()).unwrap();
+    common::within("worker shutdown", running).await.unwrap().unwrap();
+    assert!(asked.elapsed() < Duration::from_secs(5), "shutdown took {:?}", asked.elapsed());
+    broker.stop().await;
+}
+
+// Regression: a new session dropped the previous session's channel, and lapin closed it
+// while deliveries it carried were still being handled; their acknowledgements were then
+// not sent (lapin answers `Ok(false)`, which the stats counted as acked) and the broker
+// redelivered messages that had been processed.
+#[tokio::test]
+async fn a_message_in_flight_across_a_new_session_is_still_acknowledged() {
+    let broker = TestBroker::start().await;
+    let url = broker.url();
+    let (_connection, channel) = raw_channel(&url).await;
+    QueueSpec::new("overlap").declare(&channel).await.unwrap();
+    let started = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&started);
+    let handler = handler_fn(move |_| {
+        let counter = Arc::clone(&counter);
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            CommandResult::Success
+        }
+    });
+    let backoff = Backoff { initial: Duration::from_millis(5), ..Backoff::default() };
+    let connector = Arc::new(Connector::new(&url, backoff).unwrap());
+    let worker = Worker::new(connector, handler, WorkerConfig::new("overlap")).unwrap();
+    let stats = worker.stats();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run(async move {
+        let _ = stopped.await;
+    }));
+    consumers(&channel, "overlap", 1).await;
+    let publisher = publisher(&url).await;
+    send(&publisher, "overlap", b"x", Envelope::new()).await;
+    eventually("handler started", || started.load(Ordering::SeqCst) == 1).await;
+    // Cancel the consumer under the running handler; the worker starts a new session.
+    channel.queue_delete("overlap".into(), Default::default()).await.unwrap();
+    QueueSpec::new("overlap").declare(&channel).await.unwrap();
+    consumers(&channel, "overlap", 1).await;
+    eventually("settled", || stats.acked() + stats.ack_failed() == 1).await;
+    assert_eq!((stats.acked(), stats.ack_failed()), (1, 0));
+    stop.send(()).unwrap();
+    common::within("worker shutdown", running).await.unwrap().unwrap();
     publisher.close().await;
     broker.stop().await;
 }

@@ -28,12 +28,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use postroom_bus::{BusError, Command, MessageBus};
+use postroom_bus::{BusError, Command, MessageBus, OutboxRelay, RelayConfig};
 use postroom_client::{
-    CommandResult, Connector, ExchangeSpec, Handler, Incoming, Message, QueueSpec, Validate, bind,
+    CommandResult, Connector, ExchangeSpec, Handler, Incoming, Json, Message, Publisher,
+    PublisherConfig, QueueSpec, Validate, Worker, WorkerConfig, WorkerStats, bind,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Mutex, Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::ExampleError;
 
 use self::domain::ChangeBatchQuantity;
 use self::handlers::Invalid;
@@ -85,6 +89,7 @@ pub async fn declare_topology(connector: &Connector) -> postroom_client::Result<
     bind(&channel, DEAD_LETTER_QUEUE, "allocation.dlx", DEAD_LETTER_QUEUE).await?;
     QueueSpec::new(QUEUE)
         .retry(Duration::from_millis(200), 2.0, Duration::from_secs(5))
+        .quorum() // RabbitMQ honours x-delivery-limit only on quorum queues
         .delivery_limit(5)
         .dead_letter("allocation.dlx", Some(DEAD_LETTER_QUEUE))
         .declare(&channel)
@@ -92,6 +97,66 @@ pub async fn declare_topology(connector: &Connector) -> postroom_client::Result<
     bind(&channel, QUEUE, EXCHANGE, CHANGE_KEY).await?;
     let _ = channel.close(200, "declared".into()).await;
     Ok(())
+}
+
+/// The allocation service running: its outbox relay and its worker for
+/// `BatchQuantityChanged`, beside the [`AllocationService`] itself.
+#[derive(Debug)]
+pub struct Running {
+    /// The service, for commands from inside the process.
+    pub service: AllocationService,
+    /// The publisher the relay sends the outbox through (on the connector given to
+    /// [`start`]); usable for other messages too.
+    pub publisher: Arc<Publisher>,
+    /// The worker's counters.
+    pub stats: Arc<WorkerStats>,
+    stop: watch::Sender<bool>,
+    relay: JoinHandle<()>,
+    worker: JoinHandle<postroom_client::Result<()>>,
+}
+
+impl Running {
+    /// Stops the worker (finishing the messages in flight) and the relay, then closes the
+    /// publisher and the connector's connection.
+    ///
+    /// # Errors
+    /// The worker's error, or [`ExampleError::Task`] when a task panicked.
+    pub async fn stop(self) -> Result<(), ExampleError> {
+        // Both tasks may be gone already; then there is no one left to tell.
+        let _ = self.stop.send(true);
+        let worker = self.worker.await;
+        let relay = self.relay.await;
+        self.publisher.close().await;
+        worker??;
+        relay?;
+        Ok(())
+    }
+}
+
+/// The composition root: declares the topology, opens the database at `db` and starts the
+/// outbox relay and the worker, all on `connector`.
+///
+/// # Errors
+/// [`ExampleError::Broker`] when a declaration is refused; [`ExampleError::Bus`] when the
+/// database cannot be opened.
+pub async fn start(connector: Arc<Connector>, db: &Path) -> Result<Running, ExampleError> {
+    declare_topology(&connector).await?;
+    let publisher =
+        Arc::new(Publisher::new(Arc::clone(&connector), Json, PublisherConfig::default())?);
+    let relay = OutboxRelay::open(db, Arc::clone(&publisher), RelayConfig::default())?;
+    let service = AllocationService::open(db, Some(relay.waker()))?;
+    let worker = Worker::new(connector, service.entrypoint(), WorkerConfig::new(QUEUE))?;
+    let stats = worker.stats();
+    let (stop, stopped) = watch::channel(false);
+    let mut relay_stop = stopped.clone();
+    let relay = tokio::spawn(relay.run(async move {
+        let _ = relay_stop.changed().await;
+    }));
+    let mut worker_stop = stopped;
+    let worker = tokio::spawn(worker.run(async move {
+        let _ = worker_stop.changed().await;
+    }));
+    Ok(Running { service, publisher, stats, stop, relay, worker })
 }
 
 /// The service: the bus and its unit of work (one at a time: SQLite has one writer).

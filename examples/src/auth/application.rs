@@ -73,9 +73,10 @@ impl<S: BlacklistStore> Command<BlacklistEntry> for PersistBlacklist<S> {
     }
 }
 
-/// Seconds since the epoch → `SystemTime`.
-pub fn from_epoch_seconds(seconds: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(seconds)
+/// Seconds since the epoch → `SystemTime`, or `None` past what the platform's clock can
+/// represent (plain `+` would panic there).
+pub fn from_epoch_seconds(seconds: u64) -> Option<SystemTime> {
+    UNIX_EPOCH.checked_add(Duration::from_secs(seconds))
 }
 
 #[cfg(test)]

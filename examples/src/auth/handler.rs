@@ -28,11 +28,14 @@ impl<C: Command<BlacklistEntry>> Handler for BlacklistHandler<C> {
         if let Err(reason) = event.validate() {
             return CommandResult::invalid(reason);
         }
-        let entry = BlacklistEntry {
-            jti: event.jti,
-            user_id: event.user_id,
-            expires_at: from_epoch_seconds(event.expires_at),
+        let Some(expires_at) = from_epoch_seconds(event.expires_at) else {
+            // validate() refuses such times; checked again rather than unwrapped.
+            return CommandResult::invalid(format!(
+                "expires_at {} is out of range",
+                event.expires_at
+            ));
         };
+        let entry = BlacklistEntry { jti: event.jti, user_id: event.user_id, expires_at };
         self.command.execute(entry).await
     }
 }
@@ -67,7 +70,7 @@ mod tests {
         assert_eq!(handler.handle(&Incoming::new(body)).await, CommandResult::retry());
         let received = handler.command.received.lock().unwrap();
         assert_eq!(received[0].jti, "j-1");
-        assert_eq!(received[0].expires_at, from_epoch_seconds(4_102_444_800));
+        assert_eq!(Some(received[0].expires_at), from_epoch_seconds(4_102_444_800));
     }
 
     #[tokio::test]
@@ -78,6 +81,9 @@ mod tests {
             br#"{"jti":"j-1"}"#,
             br#"{"jti":"","user_id":"u-1","expires_at":1}"#,
             br#"{"jti":"j","user_id":"u","expires_at":-5}"#,
+            // Regression: a time past the clock's range passed validation, then panicked in
+            // the conversion (a panic is requeued, so the message came back until its limit).
+            br#"{"jti":"j","user_id":"u","expires_at":18446744073709551615}"#,
         ] {
             let result = handler.handle(&Incoming::new(body.to_vec())).await;
             assert!(matches!(result, CommandResult::DeadLetter { .. }), "{result}");

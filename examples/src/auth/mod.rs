@@ -61,6 +61,7 @@ pub async fn declare_topology(connector: &Connector) -> postroom_client::Result<
     bind(&channel, DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE).await?;
     QueueSpec::new(QUEUE)
         .retry(Duration::from_millis(200), 2.0, Duration::from_secs(5))
+        .quorum() // RabbitMQ honours x-delivery-limit only on quorum queues
         .delivery_limit(5)
         .dead_letter(DEAD_LETTER_EXCHANGE, Some(DEAD_LETTER_QUEUE))
         .declare(&channel)

@@ -39,6 +39,9 @@ impl Validate for TokenBlacklisted {
         if self.expires_at == 0 {
             return Err("expires_at is missing".into());
         }
+        if super::application::from_epoch_seconds(self.expires_at).is_none() {
+            return Err(format!("expires_at {} is not a representable time", self.expires_at));
+        }
         Ok(())
     }
 }
@@ -63,6 +66,7 @@ mod tests {
             TokenBlacklisted { jti: "x".repeat(129), ..event() },
             TokenBlacklisted { user_id: String::new(), ..event() },
             TokenBlacklisted { expires_at: 0, ..event() },
+            TokenBlacklisted { expires_at: u64::MAX, ..event() },
         ];
         for case in cases {
             assert!(case.validate().is_err(), "{case:?}");

@@ -22,11 +22,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postroom_client::{
-    Command, CommandHandler, CommandResult, Connector, Envelope, ExchangeSpec, HandlerExt,
-    Idempotent, IdempotentReceiver, MemoryProcessedStore, Message, PublishOptions, Publisher,
-    QueueSpec, Received, Traced, Tracing, Validate, Worker, WorkerConfig, bind,
+    Backoff, Command, CommandHandler, CommandResult, Connector, Envelope, ExchangeSpec, HandlerExt,
+    Idempotent, IdempotentReceiver, Json, MemoryProcessedStore, Message, PublishOptions, Publisher,
+    PublisherConfig, QueueSpec, Received, Traced, Tracing, Validate, Worker, WorkerConfig,
+    WorkerStats, bind,
 };
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::ExampleError;
 
 use self::classifier::{Classifier, ClassifyError};
 
@@ -130,6 +135,7 @@ pub async fn declare_topology(connector: &Connector) -> postroom_client::Result<
     for priority in Priority::ALL {
         QueueSpec::new(priority.queue())
             .retry(Duration::from_millis(100), 2.0, Duration::from_secs(1))
+            .quorum() // RabbitMQ honours x-delivery-limit only on quorum queues
             .delivery_limit(DELIVERY_LIMIT)
             .dead_letter(DEAD_LETTER_EXCHANGE, Some(DEAD_LETTER_QUEUE))
             .declare(&channel)
@@ -198,11 +204,93 @@ pub fn build_worker<K: Classifier>(
     results: Arc<Publisher>,
     processed: Arc<MemoryProcessedStore>,
 ) -> postroom_client::Result<Worker<ScanHandler<K>>> {
-    let handler = CommandHandler::new(Classify::new(classifier, results))
-        .with(IdempotentReceiver::new(processed).lease(Duration::from_secs(30)))
-        .with(Tracing);
     // Prefetch 1: a slow scan does not hold back messages another worker could take.
     let config =
         WorkerConfig { prefetch: 1, concurrency: 1, ..WorkerConfig::new(priority.queue()) };
+    // The claim must outlive the longest run the worker allows, or a duplicate could run
+    // beside a slow scan.
+    let lease = config.handler_timeout + config.max_retry_hold + Duration::from_secs(30);
+    let handler = CommandHandler::new(Classify::new(classifier, results))
+        .with(IdempotentReceiver::new(processed).lease(lease))
+        .with(Tracing);
     Worker::new(connector, handler, config)
+}
+
+/// The scan pipeline running: the API side's publisher and the competing workers.
+#[derive(Debug)]
+pub struct Running {
+    /// The API side's connection (the publisher's), for declaring and inspecting queues.
+    pub connector: Arc<Connector>,
+    /// Publishes `ScanRequested` (source `scan-api`); the workers publish results with it.
+    pub publisher: Arc<Publisher>,
+    /// Each worker's priority and counters, in start order.
+    pub workers: Vec<(Priority, Arc<WorkerStats>)>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<postroom_client::Result<()>>>,
+    connectors: Vec<Arc<Connector>>,
+}
+
+impl Running {
+    /// Stops every worker (finishing the scans in flight), then closes the connections.
+    ///
+    /// # Errors
+    /// The first worker's error, or [`ExampleError::Task`] when a worker panicked.
+    pub async fn stop(self) -> Result<(), ExampleError> {
+        // Every worker may be gone already; then there is no one left to tell.
+        let _ = self.stop.send(true);
+        let mut first_error = None;
+        for task in self.tasks {
+            let stopped = match task.await {
+                Ok(result) => result.map_err(ExampleError::from),
+                Err(error) => Err(ExampleError::from(error)),
+            };
+            if let Err(error) = stopped {
+                first_error.get_or_insert(error);
+            }
+        }
+        for connector in self.connectors {
+            connector.close().await;
+        }
+        self.publisher.close().await;
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// The composition root: declares the topology and starts `per_queue` competing workers on
+/// each priority queue, each with a connection of its own (as separate processes would
+/// have), sharing one processed-message store and `classifier`.
+///
+/// # Errors
+/// [`ExampleError::Broker`] when the broker refuses a declaration or a setting is invalid.
+pub async fn start<K: Classifier>(
+    url: &str,
+    classifier: Arc<K>,
+    per_queue: usize,
+) -> Result<Running, ExampleError> {
+    let connector = Arc::new(Connector::new(url, Backoff::default())?.with_name("scan-api"));
+    declare_topology(&connector).await?;
+    let config = PublisherConfig { source: Some("scan-api".into()), ..PublisherConfig::default() };
+    let publisher = Arc::new(Publisher::new(Arc::clone(&connector), Json, config)?);
+    let processed = Arc::new(MemoryProcessedStore::new());
+    let (stop, stopped) = watch::channel(false);
+    let (mut workers, mut tasks, mut connectors) = (Vec::new(), Vec::new(), Vec::new());
+    for priority in Priority::ALL {
+        for _ in 0..per_queue {
+            let own = Arc::new(Connector::new(url, Backoff::default())?);
+            connectors.push(Arc::clone(&own));
+            let worker = build_worker(
+                own,
+                priority,
+                Arc::clone(&classifier),
+                Arc::clone(&publisher),
+                Arc::clone(&processed),
+            )?;
+            workers.push((priority, worker.stats()));
+            let mut stopped = stopped.clone();
+            tasks.push(tokio::spawn(worker.run(async move {
+                let _ = stopped.changed().await;
+            })));
+        }
+    }
+    Ok(Running { connector, publisher, workers, stop, tasks, connectors })
 }

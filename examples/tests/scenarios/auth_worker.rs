@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use postroom_client::lapin::options::BasicGetOptions;
 use postroom_client::{Backoff, Connector, Envelope, PublishOptions, Publisher, PublisherConfig};
 use postroom_examples::auth::application::{BlacklistStore, StoreError};
 use postroom_examples::auth::schema::{ROUTING_KEY, TokenBlacklisted};
 use postroom_examples::auth::{self, DEAD_LETTER_QUEUE, EXCHANGE};
+
+use super::probe::get;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -76,7 +77,11 @@ pub async fn the_auth_worker_stores_retries_drops_and_dead_letters_as_the_seed_s
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // ok-1 (and its duplicate, without a second write), expired-1, flaky-1 on its retry.
-    assert_eq!((stats.acked(), stats.rejected(), stats.requeued()), (4, 2, 1));
+    assert_eq!((stats.acked(), stats.rejected()), (4, 2));
+    // flaky-1 was requeued once. The duplicate of ok-1 may be requeued too, when it arrives
+    // while ok-1 is still being handled (the claim is in progress): RabbitMQ hands both to
+    // the worker's concurrent slots at once, so this happens there.
+    assert!(stats.requeued() >= 1, "flaky-1 was never retried");
     let writes = store.writes.lock().unwrap().clone();
     assert_eq!(writes.get("ok-1"), Some(&1));
     assert_eq!(writes.get("flaky-1"), Some(&2));
@@ -84,18 +89,9 @@ pub async fn the_auth_worker_stores_retries_drops_and_dead_letters_as_the_seed_s
 
     let channel = connector.channel().await.unwrap();
     let mut dead = Vec::new();
-    while dead.len() < 2 {
-        assert!(Instant::now() < deadline, "dead-letter queue has {dead:?}");
-        match channel
-            .basic_get(DEAD_LETTER_QUEUE.into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
-            Some(message) => {
-                dead.push(String::from_utf8_lossy(&message.delivery.data).into_owned())
-            }
-            None => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
+    for _ in 0..2 {
+        let message = get(&channel, DEAD_LETTER_QUEUE).await;
+        dead.push(String::from_utf8_lossy(&message.delivery.data).into_owned());
     }
     dead.sort();
     assert_eq!(dead[0], "[1,2");

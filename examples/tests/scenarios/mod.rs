@@ -4,4 +4,6 @@
 
 pub mod allocation;
 pub mod auth_worker;
+#[path = "../../../crates/client/tests/common/probe.rs"]
+pub mod probe;
 pub mod scan_pipeline;

@@ -7,63 +7,29 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postroom_client::lapin::options::{BasicGetOptions, QueueDeclareOptions};
-use postroom_client::lapin::types::{AMQPValue, FieldTable};
-use postroom_client::{
-    Backoff, Connector, Json, MemoryProcessedStore, Publisher, PublisherConfig, QueueSpec, bind,
-};
+use postroom_client::lapin::options::QueueDeclareOptions;
+use postroom_client::lapin::types::FieldTable;
+use postroom_client::{QueueSpec, bind};
 use postroom_examples::scan::classifier::FakeClassifier;
 use postroom_examples::scan::{self, Priority, ScanCompleted, ScanRequested};
 
+use super::probe::{death_reason, get};
+
 const WAIT: Duration = Duration::from_secs(30);
 
-fn death_reason(headers: &postroom_client::lapin::types::FieldTable) -> String {
-    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
-        return String::new();
-    };
-    let Some(AMQPValue::FieldTable(death)) = deaths.as_slice().first() else {
-        return String::new();
-    };
-    match death.inner().get("reason") {
-        Some(AMQPValue::LongString(reason)) => reason.to_string(),
-        _ => String::new(),
-    }
-}
-
 pub async fn scans_are_routed_shared_retried_and_dead_lettered(url: &str) {
-    let connector = Arc::new(Connector::new(url, Backoff::default()).unwrap());
-    scan::declare_topology(&connector).await.unwrap();
-    let channel = connector.channel().await.unwrap();
+    let classifier = Arc::new(FakeClassifier::new(Duration::from_millis(30)));
+    let running = scan::start(url, Arc::clone(&classifier), 2).await.unwrap();
+    let publisher = &running.publisher;
+    let channel = running.connector.channel().await.unwrap();
     QueueSpec::new("test.results").declare(&channel).await.unwrap();
     bind(&channel, "test.results", scan::RESULTS_EXCHANGE, "").await.unwrap();
-
-    let publisher =
-        Arc::new(Publisher::new(Arc::clone(&connector), Json, PublisherConfig::default()).unwrap());
-    let classifier = Arc::new(FakeClassifier::new(Duration::from_millis(30)));
-    let processed = Arc::new(MemoryProcessedStore::new());
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut workers = Vec::new();
-    let mut normal_stats = Vec::new();
-    for priority in Priority::ALL {
-        for _ in 0..2 {
-            let own = Arc::new(Connector::new(url, Backoff::default()).unwrap());
-            let worker = scan::build_worker(
-                own,
-                priority,
-                Arc::clone(&classifier),
-                Arc::clone(&publisher),
-                Arc::clone(&processed),
-            )
-            .unwrap();
-            if priority == Priority::Normal {
-                normal_stats.push(worker.stats());
-            }
-            let mut stopped = stopped.clone();
-            workers.push(tokio::spawn(worker.run(async move {
-                let _ = stopped.changed().await;
-            })));
-        }
-    }
+    let normal_stats: Vec<_> = running
+        .workers
+        .iter()
+        .filter(|(priority, _)| *priority == Priority::Normal)
+        .map(|(_, stats)| Arc::clone(stats))
+        .collect();
 
     // Competing consumers only compete once all of them are consuming.
     let deadline = Instant::now() + WAIT;
@@ -109,45 +75,23 @@ pub async fn scans_are_routed_shared_retried_and_dead_lettered(url: &str) {
     }
     expected.insert("high-flaky".into(), "bottle".into());
 
-    let deadline = Instant::now() + WAIT;
     let mut results = BTreeMap::new();
     while results.len() < expected.len() {
-        assert!(Instant::now() < deadline, "results so far: {results:?}");
-        match channel
-            .basic_get("test.results".into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
-            Some(message) => {
-                let completed: ScanCompleted =
-                    serde_json::from_slice(&message.delivery.data).unwrap();
-                assert!(
-                    results.insert(completed.task_id, completed.label).is_none(),
-                    "a task completed twice"
-                );
-            }
-            None => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
+        let message = get(&channel, "test.results").await;
+        let completed: ScanCompleted = serde_json::from_slice(&message.delivery.data).unwrap();
+        assert!(
+            results.insert(completed.task_id, completed.label).is_none(),
+            "a task completed twice"
+        );
     }
     assert_eq!(results, expected);
     assert_eq!(classifier.attempts("s3://scans/flaky/bottle.png"), 3);
 
     let mut dead = BTreeMap::new();
     while dead.len() < 3 {
-        assert!(Instant::now() < deadline, "dead-lettered so far: {dead:?}");
-        match channel
-            .basic_get(scan::DEAD_LETTER_QUEUE.into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
-            Some(message) => {
-                let request: ScanRequested =
-                    serde_json::from_slice(&message.delivery.data).unwrap();
-                let headers = message.delivery.properties.headers().clone().unwrap_or_default();
-                dead.insert(request.task_id, death_reason(&headers));
-            }
-            None => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
+        let message = get(&channel, scan::DEAD_LETTER_QUEUE).await;
+        let request: ScanRequested = serde_json::from_slice(&message.delivery.data).unwrap();
+        dead.insert(request.task_id, death_reason(&message).unwrap_or_default());
     }
     let reasons: Vec<(&str, &str)> =
         dead.iter().map(|(task, reason)| (task.as_str(), reason.as_str())).collect();
@@ -162,9 +106,5 @@ pub async fn scans_are_routed_shared_retried_and_dead_lettered(url: &str) {
     assert_eq!(shares.iter().sum::<u64>(), 6);
     assert!(shares.iter().all(|&share| share > 0), "{shares:?}");
 
-    stop.send(true).unwrap();
-    for worker in workers {
-        tokio::time::timeout(WAIT, worker).await.unwrap().unwrap().unwrap();
-    }
-    publisher.close().await;
+    tokio::time::timeout(WAIT, running.stop()).await.unwrap().unwrap();
 }

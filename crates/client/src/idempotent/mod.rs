@@ -3,9 +3,12 @@
 //! between workers and across restarts).
 //!
 //! A message is *claimed* before the handler runs (with a lease, so a crashed worker's
-//! claim runs out), *completed* when the handler reaches a final result (`Success`, `Drop`,
-//! `DeadLetter`), and *released* when it asks for a `Retry`, so the retry runs the handler
-//! again. A duplicate of a completed message is acknowledged without running the handler; a
+//! claim runs out), *completed* when the handler succeeds or drops the message (`Success`,
+//! `Drop`), and *released* when it asks for a `Retry` or dead-letters it, so that the retry,
+//! or the message moved back from the dead-letter queue, runs the handler again. A handler that panics or is cancelled at the worker's timeout releases its claim
+//! too (from a guard's `Drop`, in a spawned task), so its redelivery runs at once.
+//!
+//! A duplicate of a completed message is acknowledged without running the handler; a
 //! duplicate of one still being handled elsewhere is requeued until the first finishes.
 
 mod memory;
@@ -160,7 +163,13 @@ impl<S> IdempotentReceiver<S> {
         self
     }
 
-    /// How long a claim holds if its worker dies (longer than the handler timeout).
+    /// How long a claim holds if its worker dies.
+    ///
+    /// Must be longer than the worker's
+    /// [`handler_timeout`](crate::WorkerConfig::handler_timeout) (plus its
+    /// [`max_retry_hold`](crate::WorkerConfig::max_retry_hold), for a margin): a claim that
+    /// runs out while its handler still runs lets a duplicate run beside it. The receiver
+    /// logs a warning when a handler outlasts the lease.
     ///
     /// ```
     /// use std::{sync::Arc, time::Duration};
@@ -216,12 +225,22 @@ impl<H: Handler, S: ProcessedStore> Handler for Idempotent<H, S> {
                 return CommandResult::retry();
             }
         };
+        // Armed until the claim is completed or released below: if the handler panics or is
+        // cancelled at the worker's timeout, this future is dropped mid-way and the guard
+        // gives the claim back, so the redelivery runs at once instead of meeting
+        // `InProgress` until the lease runs out (and burning the queue's delivery limit).
+        let mut guard = ClaimGuard::new(std::sync::Arc::clone(&self.store), key, token);
+        let started = tokio::time::Instant::now();
         let result = self.inner.handle(message).await;
-        let recorded = if result.is_final() {
-            self.store.complete(key, &token, self.ttl).await
-        } else {
-            self.store.release(key, &token).await
-        };
+        if started.elapsed() >= self.lease {
+            tracing::warn!(
+                message_id = key,
+                lease = ?self.lease,
+                "the handler outlasted the claim's lease, so a duplicate may have run meanwhile; \
+                 make the lease longer than the worker's handler timeout"
+            );
+        }
+        let recorded = guard.settle(&result, self.ttl).await;
         if let Err(error) = recorded {
             // The result stands; the price is a possible second run of a duplicate.
             tracing::warn!(%error, message_id = key, "could not record the message's processing");
@@ -230,6 +249,151 @@ impl<H: Handler, S: ProcessedStore> Handler for Idempotent<H, S> {
     }
 }
 
+/// A claim held while the handler runs. [`settle`](ClaimGuard::settle) completes or releases
+/// it; a guard dropped unsettled (the handler panicked or was cancelled) releases it in a
+/// task of its own, since `Drop` cannot await.
+struct ClaimGuard<S: ProcessedStore> {
+    store: std::sync::Arc<S>,
+    key: String,
+    token: Option<ClaimToken>,
+}
+
+impl<S: ProcessedStore> ClaimGuard<S> {
+    fn new(store: std::sync::Arc<S>, key: &str, token: ClaimToken) -> ClaimGuard<S> {
+        ClaimGuard { store, key: key.to_string(), token: Some(token) }
+    }
+
+    /// Completes the claim for `Success` and `Drop`, releases it otherwise: a `Retry` must
+    /// run again, and so must a `DeadLetter`ed message that someone moves back from the
+    /// dead-letter queue (it was not processed).
+    async fn settle(&mut self, result: &CommandResult, ttl: Duration) -> Result<()> {
+        let Some(token) = self.token.as_ref() else { return Ok(()) };
+        let recorded = match result {
+            CommandResult::Success | CommandResult::Drop { .. } => {
+                self.store.complete(&self.key, token, ttl).await
+            }
+            CommandResult::Retry { .. } | CommandResult::DeadLetter { .. } => {
+                self.store.release(&self.key, token).await
+            }
+        };
+        // Disarmed only once the store call returned: cancelled during it, the guard still
+        // releases, which is harmless after a completion (a release only removes a claim
+        // still held by this token).
+        self.token = None;
+        recorded
+    }
+}
+
+impl<S: ProcessedStore> Drop for ClaimGuard<S> {
+    fn drop(&mut self) {
+        let Some(token) = self.token.take() else { return };
+        let (store, key) = (std::sync::Arc::clone(&self.store), std::mem::take(&mut self.key));
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if let Err(error) = store.release(&key, &token).await {
+                        tracing::warn!(%error, message_id = key, "could not release an abandoned claim; it runs out with its lease");
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::warn!(
+                    message_id = key,
+                    "no runtime to release an abandoned claim; it runs out with its lease"
+                );
+            }
+        }
+    }
+}
+
 pub(crate) fn store_error(error: impl std::fmt::Display) -> Error {
     Error::Store { message: error.to_string() }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::adapter::{ConsumerAdapter, Outcome};
+    use crate::handler::HandlerExt;
+
+    /// Fails its first call as `first` says, then succeeds; counts its calls.
+    struct FirstCallFails {
+        calls: Arc<AtomicUsize>,
+        first: &'static str,
+    }
+
+    impl Handler for FirstCallFails {
+        async fn handle(&self, _: &Incoming) -> CommandResult {
+            if self.calls.fetch_add(1, Ordering::SeqCst) > 0 {
+                return CommandResult::Success;
+            }
+            match self.first {
+                "panic" => panic!("handler bug"),
+                "hang" => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    CommandResult::Success
+                }
+                "dead_letter" => CommandResult::dead_letter("rule violated"),
+                other => unreachable!("{other}"),
+            }
+        }
+    }
+
+    fn receiver(
+        first: &'static str,
+        timeout: Duration,
+    ) -> (ConsumerAdapter<Idempotent<FirstCallFails, MemoryProcessedStore>>, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let handler = FirstCallFails { calls: Arc::clone(&calls), first }
+            .with(IdempotentReceiver::new(Arc::new(MemoryProcessedStore::new())));
+        (ConsumerAdapter::new(handler, timeout), calls)
+    }
+
+    fn message() -> Incoming {
+        Incoming::new(b"grant 100".to_vec())
+            .with_envelope(crate::Envelope::new().with_message_id("grant-7"))
+    }
+
+    /// Lets the tasks spawned by dropped claim guards run.
+    async fn let_spawned_tasks_run() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Regression: a panic kept the claim for the whole lease (60 s), so every redelivery
+    // meanwhile met `InProgress`, was requeued and burnt the queue's delivery limit.
+    #[tokio::test]
+    async fn a_panicking_handler_gives_its_claim_back_so_the_redelivery_runs_at_once() {
+        let (adapter, calls) = receiver("panic", Duration::from_secs(5));
+        assert_eq!(adapter.process(message()).await, Outcome::Panicked("handler bug".into()));
+        let_spawned_tasks_run().await;
+        assert_eq!(adapter.process(message()).await, Outcome::Completed(CommandResult::Success));
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "the redelivery ran the handler");
+    }
+
+    // Regression: a handler cancelled at the timeout kept its claim for the whole lease.
+    #[tokio::test]
+    async fn a_handler_cancelled_at_its_timeout_gives_its_claim_back() {
+        let (adapter, calls) = receiver("hang", Duration::from_millis(50));
+        let outcome = adapter.process(message()).await;
+        assert_eq!(outcome, Outcome::TimedOut(Duration::from_millis(50)));
+        let_spawned_tasks_run().await;
+        assert_eq!(adapter.process(message()).await, Outcome::Completed(CommandResult::Success));
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "the redelivery ran the handler");
+    }
+
+    // Regression: a dead-lettered message was marked processed, so moving it back from the
+    // dead-letter queue acknowledged it as a duplicate without running the handler.
+    #[tokio::test]
+    async fn a_dead_lettered_message_runs_again_when_it_comes_back_from_the_dead_letter_queue() {
+        let (adapter, calls) = receiver("dead_letter", Duration::from_secs(5));
+        let outcome = adapter.process(message()).await;
+        assert_eq!(outcome, Outcome::Completed(CommandResult::dead_letter("rule violated")));
+        assert_eq!(adapter.process(message()).await, Outcome::Completed(CommandResult::Success));
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "the redriven message ran the handler");
+        assert_eq!(adapter.process(message()).await, Outcome::Completed(CommandResult::Success));
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "once processed, a duplicate does not");
+    }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod external;
+pub mod probe;
 pub mod scenarios;
 pub mod worker_scenarios;
 
@@ -10,7 +11,9 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use postroom_client::lapin::options::BasicGetOptions;
-use postroom_client::lapin::{Channel, Connection, ConnectionProperties, message::BasicGetMessage};
+use postroom_client::lapin::{Channel, Connection, ConnectionProperties};
+
+pub use probe::get;
 
 /// Every wait in these tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -29,22 +32,6 @@ pub async fn raw_channel(url: &str) -> (Connection, Channel) {
         within("connect", Connection::connect(url, ConnectionProperties::default())).await.unwrap();
     let channel = within("channel", connection.create_channel()).await.unwrap();
     (connection, channel)
-}
-
-/// Gets one message from `queue`, polling until one is there.
-pub async fn get(channel: &Channel, queue: &str) -> BasicGetMessage {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let got = channel
-            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-            .await
-            .expect("basic.get");
-        if let Some(message) = got {
-            return message;
-        }
-        assert!(Instant::now() < deadline, "no message in {queue} within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Asserts that `queue` stays empty for a short while.
@@ -74,6 +61,18 @@ pub async fn ready_count(channel: &Channel, queue: &str) -> u32 {
 pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !condition() {
+        assert!(Instant::now() < deadline, "{what}: not true within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// As [`eventually`], for a condition that must await.
+pub async fn eventually_async<F: Future<Output = bool>>(
+    what: &str,
+    mut condition: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + WAIT;
+    while !condition().await {
         assert!(Instant::now() < deadline, "{what}: not true within {WAIT:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

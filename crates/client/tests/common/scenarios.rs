@@ -146,3 +146,36 @@ pub async fn extra_headers_and_priority_reach_the_consumer(url: &str) {
     );
     publisher.close().await;
 }
+
+// Regression: a publish that made the broker close the shared channel (a missing exchange)
+// failed every other publish in flight on it, none of them retried.
+pub async fn a_refused_publish_does_not_fail_the_publishes_beside_it(url: &str) {
+    let (_connection, channel) = raw_channel(url).await;
+    QueueSpec::new("orders-beside").declare(&channel).await.unwrap();
+    let publisher = std::sync::Arc::new(
+        within("connect", Publisher::connect(url, PublisherConfig::default())).await.unwrap(),
+    );
+    let publish = |exchange: &'static str, body: Vec<u8>| {
+        let publisher = std::sync::Arc::clone(&publisher);
+        tokio::spawn(async move {
+            let envelope = Envelope::new();
+            let options = PublishOptions::default();
+            let queue = if exchange.is_empty() { "orders-beside" } else { "x" };
+            publisher.publish_raw(exchange, queue, &body, &envelope, &options).await
+        })
+    };
+    let refused = publish("no-such-exchange", b"lost".to_vec());
+    let beside: Vec<_> = (0..50).map(|n: u32| publish("", n.to_string().into_bytes())).collect();
+    let refused = within("refused publish", refused).await.unwrap().unwrap_err();
+    assert!(matches!(refused, Error::Amqp { .. }), "{refused}");
+    for (n, publish) in beside.into_iter().enumerate() {
+        within("publish", publish)
+            .await
+            .unwrap()
+            .unwrap_or_else(|error| panic!("publish {n}, beside the refused one, failed: {error}"));
+    }
+    for _ in 0..50 {
+        get(&channel, "orders-beside").await;
+    }
+    publisher.close().await;
+}

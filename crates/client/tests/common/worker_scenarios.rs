@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use postroom_client::lapin::types::AMQPValue;
 use postroom_client::{
     Backoff, CommandResult, Connector, Envelope, Error, ExchangeSpec, HandlerExt,
     IdempotentReceiver, Incoming, Json, MemoryProcessedStore, Message, PublishOptions, Publisher,
@@ -15,6 +14,7 @@ use postroom_client::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::probe::death_reason;
 use super::{RunningWorker, eventually, get, raw_channel, ready_count, within};
 
 /// A work queue with a dead-letter queue behind it.
@@ -40,17 +40,6 @@ pub async fn send(publisher: &Publisher, queue: &str, body: &[u8], envelope: Env
 
 pub async fn publisher(url: &str) -> Publisher {
     within("connect", Publisher::connect(url, PublisherConfig::default())).await.unwrap()
-}
-
-fn death_reason(message: &postroom_client::lapin::message::BasicGetMessage) -> Option<String> {
-    let headers = message.delivery.properties.headers().clone()?;
-    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else { return None };
-    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else { return None };
-    match first.inner().get("reason")? {
-        AMQPValue::LongString(reason) => Some(reason.to_string()),
-        AMQPValue::ShortString(reason) => Some(reason.to_string()),
-        _ => None,
-    }
 }
 
 pub async fn each_result_is_acknowledged_as_the_table_says(url: &str) {
