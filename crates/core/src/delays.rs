@@ -27,16 +27,16 @@ use crate::error::{BrokerError, Result};
 use crate::exchange::delayed::{DELAY_HEADER, released_delay_header, requested_delay};
 use crate::message::Message;
 
-/// Messages one round takes out of holds, all delayed exchanges together. What is not
-/// taken waits for the next round (a release is late, never lost), and exchanges take
-/// turns at being first.
-const ROUND_MESSAGES: usize = 4096;
+/// Messages one round takes out of holds, all delayed exchanges together: they are routed
+/// under the broker lock, a few microseconds each, so this bounds how long a round holds it.
+/// What is not taken waits for the next round (a release is late, never lost), and
+/// exchanges take turns at being first.
+const ROUND_MESSAGES: usize = 2048;
 /// Store reads one round may make: a message due alone (delays scattered over time are
-/// scattered in the journal) costs a read, consecutive ones share one. [`Broker::tick`]
-/// reads under the broker lock, so this stays small.
-const ROUND_READS: usize = 64;
+/// scattered in the journal) costs a read, consecutive ones share one.
+const ROUND_READS: usize = 2048;
 /// Bytes one round may read: bounds the memory a round holds (and copies under the lock).
-const ROUND_BYTES: usize = 4 << 20;
+const ROUND_BYTES: usize = 16 << 20;
 /// Messages read back at most per round and exchange to learn their due times after a
 /// restart, out of [`ROUND_MESSAGES`]: those already due are released from that same read.
 const RESOLVE_BATCH: usize = 1024;
@@ -52,6 +52,8 @@ pub struct DueReads {
     /// When the round was taken (ms since the epoch): what "due" meant.
     now: u64,
     exchanges: Vec<DueExchange>,
+    /// Whether it took as many messages as a round may: more may be due already.
+    full: bool,
 }
 
 /// One exchange's part of a round.
@@ -78,6 +80,12 @@ impl DueReads {
     /// How many due messages it took (read-back batches aside).
     pub fn due(&self) -> usize {
         self.exchanges.iter().map(|exchange| exchange.due.len()).sum()
+    }
+
+    /// Whether it took as many messages as one round may, so that more may be due
+    /// already: the next round need not wait.
+    pub fn is_full(&self) -> bool {
+        self.full
     }
 }
 
@@ -285,7 +293,7 @@ impl Broker {
     /// [`read_due`] and finish it with [`Broker::release_read`] before taking the next.
     pub fn take_due_delayed(&mut self) -> DueReads {
         let now = self.clock.now_ms();
-        let mut round = DueReads { now, exchanges: Vec::new() };
+        let mut round = DueReads { now, exchanges: Vec::new(), full: false };
         let mut watched: Vec<_> = self.timed_exchanges.iter().cloned().collect();
         watched.sort_unstable();
         if !watched.is_empty() {
@@ -315,6 +323,7 @@ impl Broker {
             let (store_id, incarnation) = (held.store_id, held.incarnation);
             round.exchanges.push(DueExchange { vhost, name, store_id, incarnation, resolve, due });
         }
+        round.full = messages == 0;
         round
     }
 

@@ -247,6 +247,29 @@ fn a_round_releases_the_due_messages_once_and_leaves_the_others_held() {
 }
 
 #[test]
+fn a_burst_larger_than_a_round_is_released_over_full_rounds_then_one_that_is_not() {
+    let mut f = Fixture::new();
+    for n in 0..5000 {
+        f.publish("dx", &format!("m{n}"), 1_000);
+    }
+    f.clock.advance(1_000);
+    let mut rounds = Vec::new();
+    loop {
+        let round = f.broker.take_due_delayed();
+        rounds.push((round.due(), round.is_full()));
+        f.broker.release_read(read_due(&*f.store, round));
+        if !rounds.last().unwrap().1 {
+            break;
+        }
+        assert!(rounds.len() < 100, "rounds never stop being full");
+    }
+    assert!(rounds.len() > 1, "one round took the whole burst: {rounds:?}");
+    assert_eq!(rounds.iter().map(|(due, _)| due).sum::<usize>(), 5000, "{rounds:?}");
+    assert_eq!(f.drain().len(), 5000);
+    assert_eq!((f.held("dx"), f.references()), (Some(0), 0));
+}
+
+#[test]
 fn an_exchange_deleted_between_take_and_release_routes_nothing() {
     let mut f = Fixture::new();
     f.publish("dx", "gone", 1_000);
