@@ -37,9 +37,6 @@ const ROUND_MESSAGES: usize = 2048;
 const ROUND_READS: usize = 2048;
 /// Bytes one round may read: bounds the memory a round holds (and copies under the lock).
 const ROUND_BYTES: usize = 16 << 20;
-/// Messages read back at most per round and exchange to learn their due times after a
-/// restart, out of [`ROUND_MESSAGES`]: those already due are released from that same read.
-const RESOLVE_BATCH: usize = 1024;
 
 /// What [`Broker::take_due_delayed`] took under the lock: per delayed exchange, the held
 /// messages that are due (no longer in its hold) and where to read back due times a
@@ -287,9 +284,9 @@ impl Broker {
     }
 
     /// Takes a round of releases out of the delayed exchanges' holds (under the broker
-    /// lock): the held messages due now, up to [`ROUND_MESSAGES`] in all, and for an
-    /// exchange restored after a restart the next batch of messages whose due times must
-    /// be read back. Exchanges that are gone stop being watched. Read the round with
+    /// lock): the held messages due now and, for an exchange restored after a restart, the
+    /// next batch of messages whose due times must be read back, up to [`ROUND_MESSAGES`]
+    /// in all. Exchanges that are gone stop being watched. Read the round with
     /// [`read_due`] and finish it with [`Broker::release_read`] before taking the next.
     pub fn take_due_delayed(&mut self) -> DueReads {
         let now = self.clock.now_ms();
@@ -311,8 +308,11 @@ impl Broker {
             if messages == 0 {
                 continue;
             }
-            let resolve = held.first_unresolved().map(|first| (first, messages.min(RESOLVE_BATCH)));
-            // Those read back may be due already, and are then released in this round.
+            // After a restart, held messages are read back in batches to learn their due
+            // times. Those already due are released from the same read, so a batch counts
+            // against the round's messages, before what is due.
+            let unresolved = usize::try_from(held.unresolved()).unwrap_or(usize::MAX);
+            let resolve = held.first_unresolved().map(|first| (first, messages.min(unresolved)));
             messages -= resolve.map_or(0, |(_, batch)| batch);
             let mut due = held.take_due(now, messages);
             messages -= due.len();

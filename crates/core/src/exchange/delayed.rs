@@ -235,6 +235,11 @@ impl Delayed {
         self.unresolved.iter().next()
     }
 
+    /// How many held messages have no known due time yet.
+    pub fn unresolved(&self) -> u64 {
+        self.unresolved.len()
+    }
+
     /// Whether `seq` is held without a known due time.
     pub fn is_unresolved(&self, seq: Seq) -> bool {
         self.unresolved.contains(seq)
@@ -393,14 +398,14 @@ mod tests {
             refs.insert(seq);
         }
         let mut delayed = Delayed::recovered(false, 7, 1, refs);
-        assert_eq!(delayed.held(), 4);
+        assert_eq!((delayed.held(), delayed.unresolved()), (4, 4));
         assert_eq!(delayed.first_unresolved(), Some(3));
         assert!(delayed.take_due(1 << 50, 10).is_empty());
         delayed.resolve(3, Some(500), 0);
         delayed.resolve(4, None, 0);
         delayed.resolve(4, Some(1), 0); // no longer unresolved: ignored
         assert_eq!(delayed.first_unresolved(), Some(5));
-        assert_eq!(delayed.held(), 3);
+        assert_eq!((delayed.held(), delayed.unresolved()), (3, 2));
         assert_eq!(delayed.take_due(600, 10), vec![3]);
         assert!(delayed.is_unresolved(9));
     }
