@@ -235,7 +235,7 @@ fn read_runs(
 
 impl Broker {
     /// Releases the store ids of exchanges that are gone (see [`crate::vhost::VHost`]'s
-    /// `orphaned`). Part of [`Broker::tick`].
+    /// `orphaned`). Part of [`Broker::tick_timers`].
     pub(crate) fn release_orphaned(&mut self) {
         for vhost in self.vhosts.values_mut() {
             for owned in vhost.orphaned.drain(..) {
