@@ -285,8 +285,8 @@ impl Broker {
 
     /// Takes a round of releases out of the delayed exchanges' holds (under the broker
     /// lock): the held messages due now and, for an exchange restored after a restart, the
-    /// next batch of messages whose due times must be read back, up to [`ROUND_MESSAGES`]
-    /// in all. Exchanges that are gone stop being watched. Read the round with
+    /// next batch of messages whose due times must be read back, up to 2 048 messages in
+    /// all. Exchanges that are gone stop being watched. Read the round with
     /// [`read_due`] and finish it with [`Broker::release_read`] before taking the next.
     pub fn take_due_delayed(&mut self) -> DueReads {
         let now = self.clock.now_ms();
