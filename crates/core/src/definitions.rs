@@ -197,7 +197,7 @@ impl Broker {
             // it when it is durable.
             let store_id =
                 if exchange.durable { self.durable_store_id() } else { self.transient_queue_id() };
-            exchange.delayed = Some(Delayed::new(plugin_type, store_id));
+            exchange.delayed = Some(Delayed::new(plugin_type, store_id, self.unique_id()));
             self.timed_exchanges.insert((vhost_name.clone(), exchange.name.clone()));
         }
         if let Some(policy) = dedup {

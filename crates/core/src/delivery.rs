@@ -898,16 +898,30 @@ impl Broker {
         }
     }
 
-    /// Timed work: makes messages whose retry delay passed ready again, expires messages
-    /// past their TTL at the head of their queues (even with nobody consuming), deletes
-    /// queues unused for their `x-expires`, and delivers what became ready. Call regularly
-    /// (the server does, every few milliseconds).
+    /// Timed work: routes the held messages of delayed exchanges that are due (a whole
+    /// round: [`Broker::take_due_delayed`], [`crate::read_due`], [`Broker::release_read`],
+    /// reading from the store in this call), then [`Broker::tick_timers`]. Call regularly;
+    /// the server runs the same steps itself, to read without the broker lock.
     pub fn tick(&mut self) {
+        if !self.timed_exchanges.is_empty() {
+            let round = self.take_due_delayed();
+            if !round.is_empty() {
+                let store = self.store.clone();
+                let read = crate::delays::read_due(&*store, round);
+                self.release_read(read);
+            }
+        }
+        self.tick_timers();
+    }
+
+    /// Timed work other than delayed exchanges: releases the store ids of exchanges that
+    /// are gone, makes messages whose retry delay passed ready again, expires messages past
+    /// their TTL at the head of their queues (even with nobody consuming), deletes queues
+    /// unused for their `x-expires`, and delivers what became ready. Call regularly (the
+    /// server does, every few milliseconds).
+    pub fn tick_timers(&mut self) {
         let now = self.clock.now_ms();
         self.release_orphaned();
-        if !self.timed_exchanges.is_empty() {
-            self.release_delayed(now);
-        }
         if self.timed.is_empty() {
             return;
         }

@@ -11,7 +11,8 @@
 //! - [`clock`]: the injected [`clock::Clock`].
 //! - [`definitions`]: declaring, binding and deleting exchanges and queues.
 //! - [`delivery`]: publish, consume, get, ack/nack/reject, recover, dispatch.
-//! - `delays`: holding and releasing the messages of delayed exchanges.
+//! - `delays`: holding and releasing the messages of delayed exchanges ([`DueReads`],
+//!   [`read_due`], [`ReadBack`]: a release round read off the broker lock).
 //! - [`exchange`]: exchanges and bindings; one file per exchange type.
 //! - [`queue`]: queues and consumers.
 //! - [`policy`]: what queue arguments ask for (dead-lettering, limits), validated.
@@ -46,6 +47,7 @@ pub type ConnectionId = u64;
 
 pub use broker::Broker;
 pub use definitions::{ExchangeSpec, QueueDeclared, QueueSpec};
+pub use delays::{DueReads, ReadBack, read_due};
 pub use delivery::{DIRECT_REPLY_TO, Got, Published, RouteResult, Settlement, TxStep};
 pub use error::BrokerError;
 pub use exchange::{Destination, ExchangeKind};

@@ -203,7 +203,8 @@ impl Broker {
                     // Held messages come back without their due times: the tick reads
                     // them back in batches to learn them (arrival + `x-delay`).
                     let refs = recovered.queues.remove(&id).unwrap_or_default();
-                    exchange.delayed = Some(Delayed::recovered(plugin_type, id, refs));
+                    let incarnation = self.unique_id();
+                    exchange.delayed = Some(Delayed::recovered(plugin_type, id, incarnation, refs));
                     self.timed_exchanges
                         .insert((vhost_name.as_str().into(), exchange.name.clone()));
                 }

@@ -5,7 +5,8 @@
 //! the broker) and a writer task (owns the socket's write half). The broker state is one
 //! [`postroom_core::Broker`] behind a `std::sync::Mutex`: every call into it is short and
 //! has no `.await` inside, and emitting deliveries under the lock keeps them ordered. There
-//! is no other lock, so there is no lock order to get wrong.
+//! is no other lock, so there is no lock order to get wrong. The tick task (in [`server`])
+//! reads delayed messages back from the store between two holds of it, not under it.
 //!
 //! Layout:
 //! - [`server`]: [`Server`], which binds the listeners and runs until shut down.

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use postroom_core::{Broker, BrokerError};
+use postroom_core::{Broker, BrokerError, read_due};
 use postroom_store::{FileStore, Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -143,17 +143,48 @@ async fn resume_waiting_queues(shared: Arc<Shared>) {
     }
 }
 
-/// How often scheduled work (retry backoff) is looked at: the precision of those delays.
+/// How often scheduled work (retry backoff, TTLs, delayed messages) is looked at: the
+/// precision of those delays.
 const TICK: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// Drives the broker's timers until shutdown.
+/// Drives the broker's timers until shutdown. A round of delayed releases reads the due
+/// messages back from the store between two short holds of the broker lock (take, read,
+/// release: see `postroom_core::read_due`), so publishers and consumers are not held up by
+/// that disk I/O. The read runs on tokio's blocking pool: it is synchronous I/O that may
+/// take milliseconds, which must not occupy a worker thread that connections need, and
+/// unlike `block_in_place` it also works on a current-thread runtime (the tests' brokers).
+/// Rounds follow one another (the next is taken once this one is released), as
+/// `take_due_delayed` requires. A round that took all a round may leaves more due: the
+/// next starts at once instead of at the next tick, so a burst drains in rounds of a few
+/// milliseconds of lock each, with the reads in between.
 async fn tick(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut more_due = false;
     loop {
-        tokio::select! {
-            _ = interval.tick() => shared.lock().tick(),
-            _ = stopped.changed() => return,
+        if !more_due {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stopped.changed() => return,
+            }
+        } else if *stopped.borrow() {
+            return;
+        }
+        let round = {
+            let mut broker = shared.lock();
+            broker.tick_timers();
+            broker.take_due_delayed()
+        };
+        more_due = round.is_full();
+        if round.is_empty() {
+            continue;
+        }
+        let store = shared.store.clone();
+        match tokio::task::spawn_blocking(move || read_due(&*store, round)).await {
+            Ok(read) => shared.lock().release_read(read),
+            // A panic, or the runtime shutting down: the round's messages stay in the
+            // store, released after a restart.
+            Err(error) => tracing::error!(%error, "reading due delayed messages"),
         }
     }
 }

@@ -38,7 +38,7 @@ use crate::error::StoreError;
 use crate::ranges::RangeSet;
 use crate::record::{self, Record, SEGMENT_MAGIC};
 use crate::recovery::{Scan, recover};
-use crate::segment_reader::SegmentReader;
+use crate::segment_reader::{READ_CHUNK, SMALL_READ_CHUNK, SegmentReader, Step};
 use crate::state::{INDEX_EVERY, MovedTo, SegmentId, SegmentMeta, State};
 use crate::{DeliveryState, Lsn, Progress, QueueId, Recovered, Seq, Store};
 
@@ -408,6 +408,8 @@ impl Store for FileStore {
 
 /// How far ahead a moved copy may be for a read to go on to it rather than seek.
 const MOVED_GAP: u64 = 64 * 1024;
+/// A read of at most this many messages (not moved) is sparse: it reads little ahead.
+const FEW: usize = 8;
 
 /// What a [`Store::read`] reads, decided under the lock: the wanted messages, split into
 /// moved ones (read one by one where their copy is) and the rest (scanned in journal
@@ -421,9 +423,13 @@ struct ReadPlan {
     start: Option<(SegmentId, u64)>,
     /// Segments from the start on.
     segments: Vec<SegmentId>,
-    /// Index entries inside the scanned span, to jump over other queues' records when this
-    /// queue's messages are sparse in the journal.
+    /// Index entries inside the scanned span and the first one after it: to jump over
+    /// other queues' records when this queue's messages are sparse in the journal, and to
+    /// know how far a wanted record can be from the entry the scan starts or jumps at.
     jumps: Vec<(Seq, (SegmentId, u64))>,
+    /// Whether the wanted messages are few or far apart: then the scan reads little ahead
+    /// (see [`ReadPlan::ahead`]) instead of a full chunk per record.
+    sparse: bool,
     damage: Vec<(SegmentId, u64, u64)>,
 }
 
@@ -448,11 +454,46 @@ impl ReadPlan {
             if let Some((segment, _)) = start {
                 segments = st.segments.range(segment..).map(|(id, _)| *id).collect();
             }
-            if last > first {
-                jumps = st.index.range(first + 1..=last).map(|(seq, at)| (*seq, *at)).collect();
+            for (&seq, &at) in st.index.range(first + 1..) {
+                jumps.push((seq, at));
+                if seq > last {
+                    break;
+                }
             }
         }
-        ReadPlan { wanted, moved, in_place, start, segments, jumps, damage: st.damage.clone() }
+        let sparse = match (in_place.first(), in_place.last()) {
+            (Some(first), Some(last)) => {
+                in_place.len() <= FEW || (last - first) / in_place.len() as u64 >= INDEX_EVERY
+            }
+            _ => true,
+        };
+        ReadPlan {
+            wanted,
+            moved,
+            in_place,
+            start,
+            segments,
+            jumps,
+            sparse,
+            damage: st.damage.clone(),
+        }
+    }
+
+    /// How much to read at once from `at` (an index entry, or a segment's start) to reach
+    /// `want`: for a sparse plan, up to the next index entry after `want` when it is in the
+    /// same segment (the wanted record ends there at the latest), else a small chunk; for a
+    /// dense one, a full chunk.
+    fn ahead(&self, want: Seq, at: (SegmentId, u64)) -> usize {
+        if !self.sparse {
+            return READ_CHUNK;
+        }
+        let after = self.jumps.partition_point(|(seq, _)| *seq <= want);
+        match self.jumps.get(after) {
+            Some(&(_, (segment, offset))) if segment == at.0 && offset > at.1 => {
+                (offset - at.1).min(READ_CHUNK as u64) as usize
+            }
+            _ => SMALL_READ_CHUNK,
+        }
     }
 
     fn skips(&self, segment: SegmentId) -> Vec<(u64, u64)> {
@@ -505,7 +546,8 @@ impl FileStore {
     }
 
     /// Reads the plan's messages that are in their own segments, in journal order, until
-    /// all are found or `max_bytes` are.
+    /// all are found or `max_bytes` are. Records of messages it does not want are checked
+    /// and stepped over, not copied; a jump within a segment keeps the file open.
     fn scan(
         &self,
         plan: &ReadPlan,
@@ -516,13 +558,27 @@ impl FileStore {
         let mut next = 0;
         let mut bytes = 0;
         let mut position = plan.start.filter(|_| !wanted.is_empty());
-        'read: while let Some((segment, offset)) = position.take() {
-            let path = segment_path(&self.shared.journal, segment);
-            let Some(mut reader) = SegmentReader::open(&path, offset, plan.skips(segment))? else {
-                break;
+        let mut current: Option<(SegmentId, SegmentReader)> = None;
+        'read: while let Some(at @ (segment, offset)) = position.take() {
+            let Some(&want) = wanted.get(next) else { break };
+            let ahead = plan.ahead(want, at);
+            let reader = match &mut current {
+                Some((open, reader)) if *open == segment => reader,
+                _ => {
+                    let path = segment_path(&self.shared.journal, segment);
+                    let chunk = if plan.sparse { SMALL_READ_CHUNK } else { READ_CHUNK };
+                    let skips = plan.skips(segment);
+                    let Some(reader) = SegmentReader::with_chunk(&path, offset, skips, chunk)?
+                    else {
+                        break;
+                    };
+                    &mut current.insert((segment, reader)).1
+                }
             };
+            reader.seek(offset, Some(ahead));
             loop {
-                let Some(record) = reader.next()? else {
+                let unwanted = |seq: Seq| wanted[next..].binary_search(&seq).is_err();
+                let Some(step) = reader.next_unless(unwanted)? else {
                     // End of this segment (or of what is written of it): go on with the next.
                     position = plan
                         .segments
@@ -531,17 +587,19 @@ impl FileStore {
                         .map(|s| (*s, SEGMENT_MAGIC.len() as u64));
                     continue 'read;
                 };
-                let (Record::Publish { seq, payload, .. } | Record::Spill { seq, payload, .. }) =
-                    record
-                else {
-                    continue;
+                let seq = match step {
+                    Step::Skipped(seq) => seq,
+                    // Only wanted messages are decoded.
+                    Step::Record(
+                        Record::Publish { seq, payload, .. } | Record::Spill { seq, payload, .. },
+                    ) => {
+                        bytes += payload.len();
+                        found.insert(seq, payload);
+                        seq
+                    }
+                    Step::Record(_) => continue,
                 };
-                while next < wanted.len() && wanted[next] < seq {
-                    next += 1;
-                }
-                if next < wanted.len() && wanted[next] == seq {
-                    bytes += payload.len();
-                    found.insert(seq, payload);
+                while next < wanted.len() && wanted[next] <= seq {
                     next += 1;
                 }
                 if next >= wanted.len() || bytes >= max_bytes {
@@ -615,5 +673,47 @@ impl FileStore {
 impl Drop for FileStore {
     fn drop(&mut self) {
         let _ = self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment_reader::REQUESTED;
+
+    /// A read of one message among another queue's records fetches the span between two
+    /// index entries at most, not a whole read-ahead chunk per message; a read of many
+    /// consecutive ones still reads ahead in full chunks.
+    #[test]
+    fn a_single_message_read_fetches_no_more_than_its_index_span() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = StoreConfig { durability: crate::Durability::None, ..Default::default() };
+        let store = FileStore::open(dir.path(), config).expect("open");
+        let (mut mine, mut last) = (Vec::new(), 0);
+        for n in 0..5000u32 {
+            let queue = if n % 97 == 0 { 1 } else { 2 };
+            let (seq, lsn) = store.append(&[queue], &[n as u8; 200]).expect("append");
+            if queue == 1 {
+                mine.push(seq);
+            }
+            last = lsn;
+        }
+        let mut progress = store.progress();
+        while progress.borrow_and_update().durable < last {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let span = INDEX_EVERY as usize * record::publish_len(1, 200);
+        for &seq in mine.iter().rev() {
+            REQUESTED.with(|requested| requested.set((0, 0)));
+            let read = store.read(1, seq, 1, usize::MAX).expect("read");
+            assert_eq!(read.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), vec![seq]);
+            let (_, bytes) = REQUESTED.with(|requested| requested.get());
+            assert!(bytes <= span, "reading message {seq} asked for {bytes} bytes");
+        }
+        REQUESTED.with(|requested| requested.set((0, 0)));
+        assert_eq!(store.read(2, 0, usize::MAX, usize::MAX).expect("read").len(), 5000 - 52);
+        let (calls, _) = REQUESTED.with(|requested| requested.get());
+        let journal = 5000 * record::publish_len(1, 200);
+        assert!(calls <= journal / READ_CHUNK + 2, "a full read took {calls} reads");
     }
 }

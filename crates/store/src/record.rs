@@ -392,6 +392,46 @@ pub fn decode(data: &Bytes) -> Result<(Record, usize), Invalid> {
     Ok((record, HEADER_LEN + len))
 }
 
+/// Whether the record at the start of `data` (header included) is a publish or a spill,
+/// judged by its kind byte alone (not checked: see [`peek_message_seq`]).
+pub fn message_kind(data: &[u8]) -> bool {
+    matches!(data.get(HEADER_LEN), Some(&(KIND_PUBLISH | KIND_SPILL)))
+}
+
+/// The sequence number of the publish or spill record at the start of `data` (`None` for a
+/// record of another kind) and the record's total length, checked as [`decode`] checks
+/// them (length, CRC) but neither decoded nor copied: for readers stepping over messages
+/// they do not want.
+///
+/// # Errors
+/// As [`decode`]; a publish or spill body too short for its sequence number is damaged.
+pub fn peek_message_seq(data: &[u8]) -> Result<(Option<Seq>, usize), Invalid> {
+    if data.len() < HEADER_LEN {
+        return Err(Invalid::Truncated);
+    }
+    let len = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
+    let crc = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
+    if len == 0 || len > MAX_BODY_LEN {
+        return Err(Invalid::Damaged(format!("impossible record length {len}")));
+    }
+    let Some(body) = data.get(HEADER_LEN..HEADER_LEN + len) else {
+        return Err(Invalid::Truncated);
+    };
+    if crc32c::crc32c(body) != crc {
+        return Err(Invalid::Damaged("CRC mismatch".into()));
+    }
+    let seq = match body[0] {
+        KIND_PUBLISH | KIND_SPILL => {
+            let seq = body
+                .get(1..9)
+                .ok_or_else(|| Invalid::Damaged("malformed publish record".into()))?;
+            Some(u64::from_be_bytes(seq.try_into().unwrap_or_default()))
+        }
+        _ => None,
+    };
+    Ok((seq, HEADER_LEN + len))
+}
+
 /// Decodes `seq count queue×count payload` starting at `at` in a record body.
 fn decode_message(body: &Bytes, at: usize) -> Option<(Seq, Vec<QueueId>, Bytes)> {
     let fixed = body.get(at..at + 12)?;
@@ -439,6 +479,20 @@ mod tests {
         let mut buf = BytesMut::new();
         encode_elided(&mut buf, 12);
         assert_eq!(decode(&buf.freeze()), Ok((Record::Elided { seq: 12 }, ELIDED_LEN)));
+    }
+
+    #[test]
+    fn peeking_finds_a_message_seq_and_length_and_checks_the_crc() {
+        let mut buf = BytesMut::new();
+        encode_spill(&mut buf, 41, &[3], b"spilled");
+        let spill_len = buf.len();
+        encode_ack(&mut buf, 3, &[41]);
+        assert_eq!(peek_message_seq(&buf), Ok((Some(41), spill_len)));
+        assert_eq!(peek_message_seq(&buf[spill_len..]), Ok((None, buf.len() - spill_len)));
+        assert_eq!(peek_message_seq(&buf[..spill_len - 1]), Err(Invalid::Truncated));
+        let mut bad = buf.to_vec();
+        bad[spill_len - 1] ^= 0x01;
+        assert!(matches!(peek_message_seq(&bad), Err(Invalid::Damaged(_))));
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub struct Delayed {
     pub plugin_type: bool,
     /// Its identity in the store.
     pub store_id: QueueId,
+    /// A number no other hold had (from the broker's unique ids): a release read off the
+    /// broker lock routes only into the hold it was taken from, never into one declared
+    /// under the same name (and maybe the same reused store id) meanwhile.
+    pub incarnation: u64,
     /// Messages due in slots not yet opened, per level, by slot start (ms since the epoch).
     levels: [BTreeMap<u64, Slot>; 3],
     /// End of the last finest slot opened: a message due before it goes to `near`.
@@ -130,10 +134,11 @@ pub fn released_delay_header(delay: u64) -> FieldValue {
 
 impl Delayed {
     /// An exchange's empty hold.
-    pub fn new(plugin_type: bool, store_id: QueueId) -> Delayed {
+    pub fn new(plugin_type: bool, store_id: QueueId, incarnation: u64) -> Delayed {
         Delayed {
             plugin_type,
             store_id,
+            incarnation,
             levels: Default::default(),
             opened_until: 0,
             near: BinaryHeap::new(),
@@ -145,8 +150,13 @@ impl Delayed {
     /// A hold restored after a restart: the store still references `refs`, whose due
     /// times the broker reads back with [`Delayed::first_unresolved`] and
     /// [`Delayed::resolve`].
-    pub fn recovered(plugin_type: bool, store_id: QueueId, refs: RangeSet) -> Delayed {
-        let mut delayed = Delayed::new(plugin_type, store_id);
+    pub fn recovered(
+        plugin_type: bool,
+        store_id: QueueId,
+        incarnation: u64,
+        refs: RangeSet,
+    ) -> Delayed {
+        let mut delayed = Delayed::new(plugin_type, store_id, incarnation);
         delayed.held = refs.len();
         delayed.unresolved = refs;
         delayed
@@ -225,13 +235,19 @@ impl Delayed {
         self.unresolved.iter().next()
     }
 
+    /// How many held messages have no known due time yet.
+    pub fn unresolved(&self) -> u64 {
+        self.unresolved.len()
+    }
+
     /// Whether `seq` is held without a known due time.
     pub fn is_unresolved(&self, seq: Seq) -> bool {
         self.unresolved.contains(seq)
     }
 
-    /// Gives an unresolved message its due time, or drops it (`None`: it could not be
-    /// read back). Does nothing for a message that is not unresolved.
+    /// Gives an unresolved message its due time, or takes it out of the hold (`None`: it
+    /// could not be read back, or it was due already and the broker released it). Does
+    /// nothing for a message that is not unresolved.
     pub fn resolve(&mut self, seq: Seq, due: Option<u64>, now: u64) {
         if !self.unresolved.remove(seq) {
             return;
@@ -311,7 +327,7 @@ mod tests {
 
     #[test]
     fn messages_come_out_in_due_order_whatever_order_they_went_in() {
-        let mut delayed = Delayed::new(true, 7);
+        let mut delayed = Delayed::new(true, 7, 1);
         let dues = [5_300u64, 1_200, 9_999, 1_200, 0, 70_000, 2_001];
         for (seq, due) in dues.iter().enumerate() {
             delayed.hold(seq as Seq + 100, *due, 0);
@@ -332,7 +348,7 @@ mod tests {
     /// footprint, then steps through time in `step` ms and checks every message comes out
     /// once, not before its due time, and the heap stays small.
     fn million_spread_over(spread: u64, step: u64) {
-        let mut delayed = Delayed::new(true, 7);
+        let mut delayed = Delayed::new(true, 7, 1);
         let mut rng = 0x2545_F491_4F6C_DD1Du64;
         let now = 1_700_000_000_000u64;
         let mut dues = Vec::with_capacity(1_000_000);
@@ -381,15 +397,15 @@ mod tests {
         for seq in [3, 4, 5, 9] {
             refs.insert(seq);
         }
-        let mut delayed = Delayed::recovered(false, 7, refs);
-        assert_eq!(delayed.held(), 4);
+        let mut delayed = Delayed::recovered(false, 7, 1, refs);
+        assert_eq!((delayed.held(), delayed.unresolved()), (4, 4));
         assert_eq!(delayed.first_unresolved(), Some(3));
         assert!(delayed.take_due(1 << 50, 10).is_empty());
         delayed.resolve(3, Some(500), 0);
         delayed.resolve(4, None, 0);
         delayed.resolve(4, Some(1), 0); // no longer unresolved: ignored
         assert_eq!(delayed.first_unresolved(), Some(5));
-        assert_eq!(delayed.held(), 3);
+        assert_eq!((delayed.held(), delayed.unresolved()), (3, 2));
         assert_eq!(delayed.take_due(600, 10), vec![3]);
         assert!(delayed.is_unresolved(9));
     }
