@@ -47,7 +47,7 @@ struct ServeArgs {
     /// TOML config file; flags and environment variables override it
     #[arg(long, env = "POSTROOM_CONFIG")]
     config: Option<PathBuf>,
-    /// When persistent messages become durable: fsync (confirm after fsync), interval:<ms>,
+    /// When persistent messages become durable: fsync (confirm after fsync), `interval:<ms>`,
     /// or none [default: fsync]
     #[arg(long, env = "POSTROOM_DURABILITY")]
     durability: Option<String>,

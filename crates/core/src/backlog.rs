@@ -2,7 +2,7 @@
 //! store and read back as the queue drains.
 //!
 //! The messages are a head in memory followed by runs, in queue order: runs of messages in
-//! memory and runs of messages only in the store ([`Cold`], a range of the queue's
+//! memory and runs of messages only in the store (a range of the queue's
 //! references there). A new message goes into memory when it fits the limits, else into the
 //! store (persistent ones are there already; transient ones are spilled) at the end of the
 //! last cold run. So a backlog of millions costs memory for what fits only, FIFO order

@@ -14,9 +14,9 @@ use postroom_store::{QueueId, Store};
 use crate::ConnectionId;
 use crate::backlog::{MemoryGauge, MemoryLimits};
 use crate::clock::{Clock, SystemClock};
-use crate::delivery::Return;
 use crate::error::{BrokerError, Result};
 use crate::session::{ChannelKey, ChannelState, ConnectionState, Outlet};
+use crate::settlement::Return;
 use crate::vhost::VHost;
 
 /// Default for [`Broker::set_memory_limits`]: 32 MiB of ready messages per queue.

@@ -19,6 +19,7 @@
 //! - `deadletter`: republishing to a dead-letter exchange with `x-death`.
 //! - [`dedup`]: deduplication windows of queues and exchanges.
 //! - [`backlog`]: a queue's ready messages, in memory up to a limit, then in the store.
+//! - [`settlement`]: ack/nack/reject, transaction checks, recover, returning messages.
 //! - [`session`]: channel delivery state, [`Outlet`] and [`Outbound`] events.
 //! - [`vhost`]: virtual hosts and routing across exchanges.
 //! - [`message`]: messages and their delivery history.
@@ -40,6 +41,7 @@ pub mod persist;
 pub mod policy;
 pub mod queue;
 pub mod session;
+pub mod settlement;
 pub mod vhost;
 
 /// Identifies a client connection for the life of the broker.
@@ -48,9 +50,10 @@ pub type ConnectionId = u64;
 pub use broker::Broker;
 pub use definitions::{ExchangeSpec, QueueDeclared, QueueSpec};
 pub use delays::{DueReads, ReadBack, read_due};
-pub use delivery::{DIRECT_REPLY_TO, Got, Published, RouteResult, Settlement, TxStep};
+pub use delivery::{DIRECT_REPLY_TO, Got, Published, RouteResult};
 pub use error::BrokerError;
 pub use exchange::{Destination, ExchangeKind};
 pub use message::{Message, QueuedMessage};
 pub use persist::RestoreSummary;
 pub use session::{ChannelKey, Outbound, Outlet};
+pub use settlement::{Settlement, TxStep};

@@ -8,7 +8,7 @@
 //!
 //! Writing: `append`/`ack` encode records into an in-memory batch under the state mutex
 //! (no I/O); the commit thread (in `commit`) takes the whole batch, writes it with one `write` per
-//! segment, `fdatasync`s (per [`Durability`]) and then advances [`Progress::durable`] past
+//! segment, `fdatasync`s (per [`crate::Durability`]) and then advances [`Progress::durable`] past
 //! every record of the batch — one fsync for all queues and publishers (group commit).
 //! Files are written with `write`, never through a memory map, so a full disk is an error
 //! and not a SIGBUS.

@@ -12,7 +12,7 @@
 //!
 //! Layout:
 //! - [`record`]: the record format (length, CRC32C, kind) and its decoder.
-//! - [`file`]: [`FileStore`]: opening, appends, acks and reads.
+//! - [`file`](mod@file): [`FileStore`]: opening, appends, acks and reads.
 //! - `state`: the file store's bookkeeping in memory (locations, live counts, batch).
 //! - `commit`: the group-commit thread.
 //! - `compaction`: copying the head segment's last live messages forward.
